@@ -1,0 +1,1 @@
+"""avfusion: audio-visual continuous emotion recognition on cached features, driven by DVC."""

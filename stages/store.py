@@ -1,0 +1,168 @@
+"""Frame-level feature stores: one Zarr v3 group per bucket of videos, flat `[N, D]` rows.
+
+Why this shape (DESIGN.md §5): DVC hashes and moves files one by one, so a store holds many videos in
+a few sharded files, while a 300-frame window still touches only a few small chunks.
+
+Layout of `<dir>/store-XX.zarr`:
+    embedding [N, D] float32     video [N] int32 (index into attrs.videos)
+    valid     [N]    bool        frame [N] int32 (0-based index of the decoded frame)
+    time      [N]    float64     ...extra per-row columns of an extractor (e.g. box [N, 4])
+    attrs: provenance (extractor, params, weights hash), videos, offsets (the commit record)
+
+One writer per store. A video is committed when its rows are written and then `videos`/`offsets` are
+updated; an interrupted run drops uncommitted rows and resumes after the last committed video, ending
+byte-identical to an uninterrupted run (extraction is deterministic and chunks are rewritten whole).
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import shutil
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import zarr
+from zarr.codecs import ZstdCodec
+
+FORMAT = "avfusion-features/1"
+ROWS_PER_CHUNK = 256          # a 300-frame window reads 2-3 chunks per array
+ROWS_PER_SHARD = 16384        # ~32 MB of 512-d float32 per shard file
+BASE_COLUMNS = {"valid": ((), "bool"), "frame": ((), "int32"), "time": ((), "float64"),
+                "video": ((), "int32")}
+
+
+def bucket_of(video_id: str, stores: int) -> int:
+    """Stable bucket of a video: adding videos never moves the others to another store."""
+    return zlib.crc32(video_id.encode()) % stores
+
+
+def store_path(directory: str, bucket: int) -> str:
+    return os.path.join(directory, f"store-{bucket:02d}.zarr")
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class StoreWriter:
+    """Appends videos to one store; reopening with the same provenance resumes, otherwise starts over.
+
+    `columns` maps extra per-row column names to (trailing shape, dtype), e.g. {"box": ((4,), "float32")}.
+    `plan` is the ordered list of video ids this store will hold; committed videos must be a prefix
+    of it, else the store is stale (the manifest changed) and is rebuilt.
+    """
+
+    def __init__(self, path: str, dim: int, provenance: dict, plan: list[str],
+                 columns: dict[str, tuple[tuple[int, ...], str]] | None = None):
+        self.path, self.dim = path, dim
+        self.columns = {"embedding": ((dim,), "float32"), **BASE_COLUMNS, **(columns or {})}
+        provenance = {"format": FORMAT, **provenance}
+        if os.path.exists(path) and not self._resumable(provenance, plan):
+            shutil.rmtree(path)
+        if os.path.exists(path):
+            self.group = zarr.open_group(path, mode="r+")
+            for tmp in glob.glob(os.path.join(path, "**", "*.partial"), recursive=True):
+                os.remove(tmp)   # a write cut off by a kill; zarr renames only complete files
+            self._truncate(self.group.attrs["offsets"][-1])
+        else:
+            self.group = zarr.open_group(path, mode="w")
+            for name, (tail, dtype) in self.columns.items():
+                self.group.create_array(
+                    name, shape=(0, *tail), dtype=dtype, fill_value=0,
+                    chunks=(ROWS_PER_CHUNK if tail else 4096, *tail),
+                    shards=(ROWS_PER_SHARD if tail else 1 << 20, *tail),
+                    compressors=ZstdCodec(level=3))
+            self.group.attrs.update({"provenance": provenance, "videos": [], "offsets": [0]})
+
+    def _resumable(self, provenance: dict, plan: list[str]) -> bool:
+        try:
+            attrs = zarr.open_group(self.path, mode="r").attrs
+            done = list(attrs["videos"])
+            return attrs["provenance"] == provenance and done == plan[:len(done)]
+        except Exception:   # unreadable leftovers: rebuild
+            return False
+
+    def _truncate(self, rows: int) -> None:
+        for name, (tail, _) in self.columns.items():
+            self.group[name].resize((rows, *tail))
+
+    @property
+    def committed(self) -> list[str]:
+        return list(self.group.attrs["videos"])
+
+    def append(self, video_id: str, **rows: np.ndarray) -> None:
+        """Write one whole video's rows, then commit it. Every column must be given, same length."""
+        missing = set(self.columns) - {"video"} - set(rows)
+        if missing:
+            raise ValueError(f"{video_id}: missing columns {sorted(missing)}")
+        n = len(rows["embedding"])
+        videos, offsets = self.committed, list(self.group.attrs["offsets"])
+        start = offsets[-1]
+        rows = {**rows, "video": np.full(n, len(videos), np.int32)}
+        for name, (tail, dtype) in self.columns.items():
+            data = np.asarray(rows[name], dtype=dtype)
+            if data.shape != (n, *tail):
+                raise ValueError(f"{video_id}: column {name} has shape {data.shape}, expected {(n, *tail)}")
+            array = self.group[name]
+            array.resize((start + n, *tail))
+            if n:
+                array[start:start + n] = data
+        # The commit point: readers and resumes only trust rows listed here.
+        self.group.attrs.update({"videos": videos + [video_id], "offsets": offsets + [start + n]})
+
+
+@dataclass
+class VideoRows:
+    video_id: str
+    columns: dict[str, np.ndarray]
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.columns[name]
+
+
+class FeatureReader:
+    """Reads every committed video of every store in a directory (each process opens its own)."""
+
+    def __init__(self, directory: str):
+        paths = sorted(glob.glob(os.path.join(directory, "store-*.zarr")))
+        if not paths:
+            raise FileNotFoundError(f"{directory}: no feature stores (run the extraction stage first)")
+        self.directory = directory
+        self.groups = [zarr.open_group(p, mode="r") for p in paths]
+        self.index: dict[str, tuple[int, int, int]] = {}   # id -> (store, start, stop)
+        for s, group in enumerate(self.groups):
+            offsets = group.attrs["offsets"]
+            for i, vid in enumerate(group.attrs["videos"]):
+                self.index[vid] = (s, offsets[i], offsets[i + 1])
+
+    @property
+    def videos(self) -> list[str]:
+        return sorted(self.index)
+
+    @property
+    def provenance(self) -> dict:
+        return dict(self.groups[0].attrs["provenance"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.groups[0]["embedding"].shape[1])
+
+    def rows(self, video_id: str, columns=("embedding", "valid", "frame", "time"),
+             start: int = 0, stop: int | None = None) -> VideoRows:
+        """Rows [start, stop) of one video (frame indices, 0-based)."""
+        if video_id not in self.index:
+            raise KeyError(f"{video_id}: not in the feature stores under {self.directory}")
+        s, lo, hi = self.index[video_id]
+        stop = hi - lo if stop is None else min(stop, hi - lo)
+        group = self.groups[s]
+        return VideoRows(video_id, {c: group[c][lo + start:lo + stop] for c in columns})
+
+    def length(self, video_id: str) -> int:
+        _, lo, hi = self.index[video_id]
+        return hi - lo
