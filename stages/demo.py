@@ -84,19 +84,23 @@ def voice(rng: np.random.Generator, seconds: float, valence: np.ndarray, arousal
     return np.clip(audio, -1, 1).astype(np.float32)
 
 
-def write_video(path: str, frames: list[Image.Image], audio: np.ndarray, fps: int) -> None:
+def write_video(path: str, frames: list[Image.Image], audio: np.ndarray | None, fps: int,
+                sample_rate: int = SAMPLE_RATE) -> None:
+    """Encode RGB frames as H.264 and (if given) mono float audio as AAC; also used by the tests."""
     with av.open(path, "w") as out:
         vstream = out.add_stream("libx264", rate=fps)
         vstream.width, vstream.height = frames[0].size
         vstream.pix_fmt = "yuv420p"
         vstream.options = {"crf": "20", "threads": "1"}   # one thread: byte-identical across machines
-        astream = out.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
+        astream = out.add_stream("aac", rate=sample_rate, layout="mono") if audio is not None else None
         for img in frames:
             out.mux(vstream.encode(av.VideoFrame.from_image(img)))
         out.mux(vstream.encode())
+        if astream is None:
+            return
         for start in range(0, len(audio), 1024):
             chunk = av.AudioFrame.from_ndarray(audio[None, start:start + 1024], format="fltp", layout="mono")
-            chunk.sample_rate, chunk.pts = SAMPLE_RATE, start
+            chunk.sample_rate, chunk.pts = sample_rate, start
             out.mux(astream.encode(chunk))
         out.mux(astream.encode())
 
