@@ -120,9 +120,12 @@ def make_video(index: int, params: dict, out_dir: str) -> tuple[str, str]:
     drift = 0.06 * size * np.stack([smooth_curve(rng, t, 0.05, 0.2), smooth_curve(rng, t, 0.05, 0.2)], 1)
     away = (0.0, 0.0)
     if index % 3 == 1:                         # the person turns away for a while: no face
-        start = rng.uniform(1, seconds - 2.5)
-        away = (start, start + rng.uniform(1, 2))
-    silences = [(s := rng.uniform(1, seconds - 2.5), s + rng.uniform(1, 2))] if index % 3 == 2 else []
+        start = rng.uniform(0.15, 0.6) * seconds
+        away = (start, start + rng.uniform(0.12, 0.25) * seconds)
+    silences = []
+    if index % 3 == 2:                         # the speaker pauses: digital silence
+        start = rng.uniform(0.15, 0.6) * seconds
+        silences = [(start, start + rng.uniform(0.12, 0.25) * seconds)]
     frames = []
     for k in range(n):
         if away[0] <= t[k] < away[1]:

@@ -1,0 +1,64 @@
+"""The demo dataset: deterministic, real H.264 + AAC, labels in the Aff-Wild2 format, faces MTCNN finds."""
+import glob
+import hashlib
+import os
+
+import numpy as np
+import pytest
+
+from stages.annotations import read_labels
+from stages.demo import make_video
+from stages.media import frame_times, probe, read_audio
+
+PARAMS = {"videos": 6, "seconds": 3, "fps": 10, "size": 160, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    os.makedirs(out / "videos")
+    os.makedirs(out / "labels")
+    splits = [make_video(i, PARAMS, str(out)) for i in range(PARAMS["videos"])]
+    return out, splits
+
+
+def test_videos_are_real_h264_aac_with_one_label_per_frame(demo_dir):
+    out, splits = demo_dir
+    assert {s for _, s in splits} == {"train", "validation", "test"}
+    for vid, _ in splits:
+        path = str(out / "videos" / f"{vid}.mp4")
+        info = probe(path)
+        assert info.has_audio and info.width == 160 and info.fps == 10
+        assert len(frame_times(path)) == len(read_labels(str(out / "labels" / f"{vid}.txt"))) == 30
+        audio, _ = read_audio(path, 16000)
+        assert abs(len(audio) - 3 * 16000) < 2048
+
+
+def test_generation_is_deterministic(demo_dir, tmp_path):
+    out, _ = demo_dir
+    os.makedirs(tmp_path / "videos")
+    os.makedirs(tmp_path / "labels")
+    make_video(2, PARAMS, str(tmp_path))
+    for sub in ("videos/demo-02.mp4", "labels/demo-02.txt"):
+        assert hashlib.sha256((tmp_path / sub).read_bytes()).digest() == hashlib.sha256((out / sub).read_bytes()).digest()
+
+
+def test_labels_vary_and_have_gaps_and_silence(demo_dir):
+    out, _ = demo_dir
+    labels = [read_labels(p) for p in sorted(glob.glob(str(out / "labels" / "*.txt")))]
+    valid = np.concatenate([l[l[:, 0] != -5] for l in labels])
+    assert valid.std(0).min() > 0.2 and np.abs(valid).max() <= 1
+    assert any((l == -5).any() for l in labels)           # an annotator gap exists
+    audio, _ = read_audio(str(out / "videos" / "demo-02.mp4"), 16000)   # index % 3 == 2: a silent stretch
+    rms = np.sqrt(np.convolve(audio ** 2, np.ones(1600) / 1600, mode="valid"))
+    assert rms.min() < 1e-3 < rms.max()
+
+
+def test_mtcnn_finds_the_drawn_face(demo_dir):
+    from facenet_pytorch import MTCNN
+
+    from stages.media import iter_frames
+    out, _ = demo_dir
+    frames = np.stack([f for _, f in iter_frames(str(out / "videos" / "demo-00.mp4"))])
+    boxes, _ = MTCNN(keep_all=True).detect(frames)
+    assert sum(b is not None for b in boxes) >= 0.8 * len(frames)

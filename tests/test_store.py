@@ -1,0 +1,125 @@
+"""The Zarr feature store: round trip, commit per video, resume byte-identical, provenance, few files."""
+import glob
+import hashlib
+import os
+
+import numpy as np
+import pytest
+import zarr
+
+from stages.store import FeatureReader, StoreWriter, bucket_of, store_path
+
+PLAN = ["v0", "v1", "v2"]
+
+
+def video_rows(i: int, dim: int = 8) -> dict:
+    n = 50 + 37 * i
+    rng = np.random.default_rng(i)
+    return {"embedding": rng.normal(size=(n, dim)).astype(np.float32), "valid": rng.random(n) > 0.2,
+            "frame": np.arange(n), "time": np.arange(n) / 25.0, "box": rng.random((n, 4))}
+
+
+def write(path, stop_before=None, provenance=None):
+    writer = StoreWriter(path, 8, provenance or {"extractor": "test"}, PLAN, columns={"box": ((4,), "float32")})
+    for i, vid in enumerate(PLAN):
+        if vid in writer.committed:
+            continue
+        if i == stop_before:
+            return writer
+        writer.append(vid, **video_rows(i))
+    return writer
+
+
+def digest(directory):
+    return {os.path.relpath(p, directory): hashlib.sha256(open(p, "rb").read()).hexdigest()
+            for p in sorted(glob.glob(os.path.join(directory, "**"), recursive=True)) if os.path.isfile(p)}
+
+
+def test_round_trip_rows_and_metadata(tmp_path):
+    write(store_path(str(tmp_path), 0))
+    reader = FeatureReader(str(tmp_path))
+    assert reader.videos == PLAN
+    assert reader.dim == 8
+    assert reader.provenance == {"format": "avfusion-features/1", "extractor": "test"}
+    for i, vid in enumerate(PLAN):
+        expected = video_rows(i)
+        rows = reader.rows(vid, columns=("embedding", "valid", "frame", "time", "box", "video"))
+        np.testing.assert_array_equal(rows["embedding"], expected["embedding"])
+        np.testing.assert_array_equal(rows["valid"], expected["valid"])
+        np.testing.assert_array_equal(rows["frame"], expected["frame"])
+        np.testing.assert_allclose(rows["box"], expected["box"].astype(np.float32))
+        assert (rows["video"] == i).all()   # every row carries its video
+
+
+def test_window_read_matches_slice(tmp_path):
+    write(store_path(str(tmp_path), 0))
+    reader = FeatureReader(str(tmp_path))
+    window = reader.rows("v2", start=20, stop=80)["embedding"]
+    np.testing.assert_array_equal(window, video_rows(2)["embedding"][20:80])
+
+
+def test_interrupted_write_resumes_byte_identical(tmp_path):
+    full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
+    write(store_path(full, 0))
+    writer = write(store_path(cut, 0), stop_before=2)
+    # Simulate a kill in the middle of video 2: rows written, commit record not updated.
+    rows = video_rows(2)
+    writer.group["embedding"].resize((writer.group.attrs["offsets"][-1] + 10, 8))
+    writer.group["embedding"][-10:] = rows["embedding"][:10]
+    assert FeatureReader(cut).videos == ["v0", "v1"]      # uncommitted rows are invisible
+    resumed = write(store_path(cut, 0))
+    assert resumed.committed == PLAN
+    assert digest(full) == digest(cut)
+
+
+def test_changed_provenance_rebuilds_the_store(tmp_path):
+    path = store_path(str(tmp_path), 0)
+    write(path, stop_before=2)
+    writer = StoreWriter(path, 8, {"extractor": "other"}, PLAN, columns={"box": ((4,), "float32")})
+    assert writer.committed == []
+
+
+def test_changed_plan_rebuilds_the_store(tmp_path):
+    path = store_path(str(tmp_path), 0)
+    write(path, stop_before=2)
+    writer = StoreWriter(path, 8, {"extractor": "test"}, ["v0", "new", "v1"], columns={"box": ((4,), "float32")})
+    assert writer.committed == []
+
+
+def test_missing_or_misshaped_column_is_refused(tmp_path):
+    writer = StoreWriter(store_path(str(tmp_path), 0), 8, {}, PLAN, columns={"box": ((4,), "float32")})
+    rows = video_rows(0)
+    with pytest.raises(ValueError, match="missing columns"):
+        writer.append("v0", **{k: v for k, v in rows.items() if k != "box"})
+    with pytest.raises(ValueError, match="shape"):
+        writer.append("v0", **{**rows, "valid": rows["valid"][:-1]})
+    assert writer.committed == []
+
+
+def test_no_pickled_objects_in_store(tmp_path):
+    write(store_path(str(tmp_path), 0))
+    for path in glob.glob(str(tmp_path / "**" / "zarr.json"), recursive=True):
+        assert b"pickle" not in open(path, "rb").read().lower()
+    group = zarr.open_group(store_path(str(tmp_path), 0), mode="r")
+    assert all(group[name].dtype.kind in "fbiu" for name in group.array_keys())
+
+
+def test_few_files_for_many_videos(tmp_path):
+    plan = [f"video-{i:03d}" for i in range(100)]
+    stores = {}
+    for vid in plan:
+        b = bucket_of(vid, 2)
+        stores.setdefault(b, []).append(vid)
+    for b, vids in stores.items():
+        writer = StoreWriter(store_path(str(tmp_path), b), 8, {}, vids)
+        for vid in vids:
+            writer.append(vid, embedding=np.ones((30, 8)), valid=np.ones(30, bool),
+                          frame=np.arange(30), time=np.arange(30.0))
+    files = [p for p in glob.glob(str(tmp_path / "**"), recursive=True) if os.path.isfile(p)]
+    assert len(files) <= 100 / 10 * 3   # 2 stores x (group + 5 arrays x (meta + shard))
+    assert len(FeatureReader(str(tmp_path)).videos) == 100
+
+
+def test_bucket_is_stable():
+    assert bucket_of("video-7", 4) == bucket_of("video-7", 4)
+    assert {bucket_of(f"v{i}", 4) for i in range(100)} == {0, 1, 2, 3}
