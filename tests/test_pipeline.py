@@ -1,0 +1,41 @@
+"""End to end: the real pipeline on a shrunken demo in a temporary git repo, driven by real DVC."""
+import glob
+import json
+import math
+import os
+import re
+
+import pytest
+
+from conftest import dvc
+
+EXTRACTION = ("demo", "dataset", "weights", "visual", "audio")
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+@pytest.mark.slow
+def test_repro_then_noop_then_experiment_skips_extraction(pipeline_repo):
+    first = dvc("repro", cwd=pipeline_repo)
+    assert stages_run(first.stdout) == {*EXTRACTION, "train", "evaluate"}
+
+    with open(os.path.join(pipeline_repo, "reports", "metrics.json")) as f:
+        metrics = json.load(f)
+    for dim in ("ccc_valence", "ccc_arousal", "ccc_mean"):
+        assert math.isfinite(metrics["test"][dim]) and -1 <= metrics["test"][dim] <= 1
+    stores = glob.glob(os.path.join(pipeline_repo, "data", "features", "*", "store-*.zarr"))
+    assert stores, "no feature stores were written"
+
+    again = dvc("repro", cwd=pipeline_repo)
+    assert stages_run(again.stdout) == set()
+    assert "up to date" in again.stdout
+
+    exp = dvc("exp", "run", "-S", "fusion.type=concat", cwd=pipeline_repo)
+    assert stages_run(exp.stdout) == {"train", "evaluate"}
+    table = json.loads(dvc("exp", "show", "--json", cwd=pipeline_repo).stdout)
+    assert "fusion.type" in json.dumps(table) and "concat" in json.dumps(table)
+
+    diff = dvc("metrics", "diff", "--json", cwd=pipeline_repo)
+    assert diff.returncode == 0
