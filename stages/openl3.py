@@ -267,42 +267,42 @@ def _kaiser_best() -> np.ndarray:
 def resample(audio: np.ndarray, sr: int, target: int = SAMPLE_RATE, chunk: int = 1 << 14) -> np.ndarray:
     """resampy.resample(audio, sr, target, filter='kaiser_best'), vectorised over output samples.
 
-    The fractional position of each output sample is computed exactly from integers (resampy
-    accumulates it in floating point; the difference is at rounding level).
+    The filter weights depend only on an output sample's phase (t mod `up`), so they are tabulated
+    once per phase, from exact integer positions (resampy accumulates the position in floating
+    point; the difference is at rounding level).
     """
     if sr == target:
         return np.asarray(audio, dtype=np.float32)
     if sr != int(sr) or sr <= 0:
         raise ValueError(f"sample rate must be a positive integer, not {sr}")
     sr = int(sr)
-    x = np.asarray(audio, dtype=np.float64)
-    ratio = target / sr
-    scale = min(1.0, ratio)
+    g = math.gcd(sr, target)
+    up, down = target // g, sr // g
+    scale = min(1.0, target / sr)
     win = _kaiser_best() * scale
     delta = np.diff(win, append=win[-1])
     step = int(scale * KAISER_TABLE)
-    taps = np.arange(len(win) // step)             # most taps one wing can use
+    taps = np.arange(len(win) // step)             # the most taps one wing can use
+
+    def wing(phase):                               # weights [phases, taps] of one wing of the filter
+        index = phase * KAISER_TABLE
+        offset = index.astype(np.int64)
+        idx = np.minimum(offset[:, None] + taps * step, len(win) - 1)
+        used = taps < ((len(win) - offset) // step)[:, None]
+        return np.where(used, win[idx] + (index - offset)[:, None] * delta[idx], 0.0)
+
+    frac = scale * (np.arange(up) * down % up) / up
+    left, right = wing(frac), wing(scale - frac)
+    x = np.asarray(audio, dtype=np.float64)
     pad = len(taps) + 1
     xp = np.pad(x, pad)                            # resampy stops at the signal's ends: zeros do the same
-    g = math.gcd(sr, target)
-    up, down = target // g, sr // g
     n_out = int(len(x) * float(target) / float(sr))
     out = np.empty(n_out, dtype=np.float32)
     for lo in range(0, n_out, chunk):
         t = np.arange(lo, min(lo + chunk, n_out), dtype=np.int64)
-        n = t * down // up
-        frac = scale * ((t * down - n * up) / up)
-        acc = np.zeros(len(t))
-        for phase, source in ((frac, n[:, None] - taps), (scale - frac, n[:, None] + 1 + taps)):
-            index = phase * KAISER_TABLE
-            offset = index.astype(np.int64)
-            eta = (index - offset)[:, None]
-            idx = offset[:, None] + taps * step
-            used = taps < ((len(win) - offset) // step)[:, None]
-            idx = np.minimum(idx, len(win) - 1)
-            weight = np.where(used, win[idx] + eta * delta[idx], 0.0)
-            acc += np.einsum("ij,ij->i", weight, xp[source + pad])
-        out[lo:lo + len(t)] = acc
+        n, phase = t * down // up + pad, t % up
+        out[lo:lo + len(t)] = (np.einsum("ij,ij->i", left[phase], xp[n[:, None] - taps])
+                               + np.einsum("ij,ij->i", right[phase], xp[n[:, None] + 1 + taps]))
     return out
 
 
