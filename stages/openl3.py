@@ -207,10 +207,17 @@ def load_weights(model: OpenL3, path: str) -> OpenL3:
     return model
 
 
-@functools.lru_cache(maxsize=4)
 def load_model(weights: str, input_repr: str, embedding_size: int, device: str = "cpu") -> OpenL3:
-    """Build the network once per (file, settings, device); on CUDA it runs in bf16 with channels_last."""
-    model = load_weights(OpenL3(input_repr, embedding_size), os.fspath(weights)).eval().to(device)
+    """The network for a weight file, built once per (file version, settings, device) and then reused;
+    on CUDA it runs in bf16 with channels_last."""
+    path = os.path.abspath(weights)
+    stat = os.stat(path)
+    return _build_model(path, stat.st_mtime_ns, stat.st_size, input_repr, embedding_size, device)
+
+
+@functools.lru_cache(maxsize=4)
+def _build_model(path, mtime_ns, size, input_repr, embedding_size, device) -> OpenL3:
+    model = load_weights(OpenL3(input_repr, embedding_size), path).eval().to(device)
     if device.startswith("cuda"):
         model = model.to(memory_format=torch.channels_last)
         model.autocast = True

@@ -1,0 +1,145 @@
+"""The audio stage on real tiny videos: row alignment, no audio, silence, shared audio, resume."""
+import csv
+import os
+import shutil
+
+import av
+import numpy as np
+import pytest
+import yaml
+
+from stages import audio, media, openl3
+from stages.store import FeatureReader
+
+FPS, SECONDS, SR = 10, 3, 16000
+PARAMS = {"weights": "random", "seed": 0, "input_repr": "mel128", "embedding_size": 512, "rate": 4,
+          "silence_db": -60, "silence_window": 0.25, "batch_size": 16, "device": "cpu", "stores": 2, "workers": 1}
+
+
+def write_video(path, with_audio=True, silence=None):
+    """SECONDS of 32x32 H.264 at FPS, with a 16 kHz AAC tone-plus-noise track (silent over `silence`)."""
+    t = np.arange(SECONDS * SR) / SR
+    sound = (0.2 * np.sin(2 * np.pi * 220 * t) + 0.01 * np.random.default_rng(0).standard_normal(len(t)))
+    if silence:
+        sound[int(silence[0] * SR):int(silence[1] * SR)] = 0.0
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=FPS)
+        video.width = video.height = 32
+        video.pix_fmt = "yuv420p"
+        sound_stream = out.add_stream("aac", rate=SR, layout="mono") if with_audio else None
+        for k in range(FPS * SECONDS):
+            img = np.full((32, 32, 3), 8 * k % 256, np.uint8)
+            out.mux(video.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+        out.mux(video.encode())
+        if sound_stream is not None:
+            samples = sound.astype(np.float32)
+            for start in range(0, len(samples), 1024):
+                frame = av.AudioFrame.from_ndarray(samples[None, start:start + 1024], format="fltp", layout="mono")
+                frame.sample_rate, frame.pts = SR, start
+                out.mux(sound_stream.encode(frame))
+            out.mux(sound_stream.encode())
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("videos")
+    return {"voice": write_video(root / "voice.mp4"),
+            "mute": write_video(root / "mute.mp4", with_audio=False),
+            "pause": write_video(root / "pause.mp4", silence=(1.0, 2.2))}
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("weights") / "audio.h5"
+    openl3.write_random_weights(path, "mel128", 512, seed=0)
+    return str(path)
+
+
+def make_project(root, videos, weights, **params):
+    """A working directory laid out as the stage expects: params.yaml, manifest, weights."""
+    os.makedirs(root / "data" / "weights", exist_ok=True)
+    (root / "params.yaml").write_text(yaml.safe_dump({"audio": {**PARAMS, **params}}))
+    shutil.copy(weights, root / audio.WEIGHTS)
+    with open(root / audio.MANIFEST, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["video_id", "path", "split", "fps", "frames", "labels", "label_frames", "person"])
+        for vid, path in videos:
+            writer.writerow([vid, path, "train", FPS, FPS * SECONDS, "", FPS * SECONDS, ""])
+    return root
+
+
+def run_stage(root, monkeypatch):
+    monkeypatch.chdir(root)
+    audio.main()
+    return FeatureReader(str(root / audio.OUT_DIR))
+
+
+def test_rows_follow_frames_and_validity(tmp_path, monkeypatch, videos, weights):
+    rows = [("voice", videos["voice"]), ("mute", videos["mute"]), ("pause", videos["pause"]),
+            ("pause_left", videos["pause"]), ("pause_right", videos["pause"])]
+    reader = run_stage(make_project(tmp_path, rows, weights), monkeypatch)
+    assert reader.videos == sorted(v for v, _ in rows) and reader.dim == 512
+    assert reader.provenance["weights_sha256"] and reader.provenance["params"]["rate"] == 4
+    for vid, path in rows:
+        got = reader.rows(vid)
+        times = media.frame_times(path)
+        assert len(got["embedding"]) == len(times) == FPS * SECONDS           # one row per decoded frame
+        np.testing.assert_array_equal(got["frame"], np.arange(len(times)))
+        np.testing.assert_array_equal(got["time"], times)
+        assert (np.abs(got["embedding"]).sum(axis=1) > 0).tolist() == got["valid"].tolist()
+    assert reader.rows("voice")["valid"].all()
+    assert not reader.rows("mute")["valid"].any()                          # no audio stream: never a crash
+    pause = reader.rows("pause")
+    silent = (pause["time"] > 1.2) & (pause["time"] < 2.0)
+    audible = (pause["time"] < 0.8) | (pause["time"] > 2.4)
+    assert not pause["valid"][silent].any() and pause["valid"][audible].all()
+    left, right = reader.rows("pause_left"), reader.rows("pause_right")        # shared audio: same rows
+    np.testing.assert_array_equal(left["embedding"], pause["embedding"])
+    np.testing.assert_array_equal(right["valid"], pause["valid"])
+
+
+def test_rate_grid_maps_frames_to_the_nearest_embedding(videos, weights):
+    times = media.frame_times(videos["voice"])
+    dense = audio.AudioEmbedder(weights, "mel128", 512, rate=0, device="cpu")
+    coarse = audio.AudioEmbedder(weights, "mel128", 512, rate=2, device="cpu")
+    emb_dense, _ = dense.embed_video(videos["voice"], times)
+    emb_coarse, valid = coarse.embed_video(videos["voice"], times)
+    assert dense.windows == len(times) and coarse.windows == len(np.unique(np.round(times * 2)))
+    assert valid.all() and emb_coarse.shape == emb_dense.shape
+    on_grid = np.isclose(times * 2, np.round(times * 2))
+    np.testing.assert_allclose(emb_coarse[on_grid], emb_dense[on_grid], rtol=1e-4, atol=1e-3)
+    slot = np.round(times * 2)
+    for s in np.unique(slot):                   # every frame takes its nearest grid point's embedding
+        same = emb_coarse[slot == s]
+        assert (same == same[0]).all()
+    assert not np.array_equal(emb_coarse[slot == 0][0], emb_coarse[slot == 1][0])
+
+
+def test_resume_after_interruption_matches_a_full_run(tmp_path, monkeypatch, videos, weights):
+    rows = [("a", videos["voice"]), ("b", videos["pause"]), ("c", videos["mute"]), ("d", videos["voice"])]
+    full = run_stage(make_project(tmp_path / "full", rows, weights, stores=1), monkeypatch)
+
+    calls = {"n": 0}
+    real = audio.AudioEmbedder.embed_video
+    def dies_on_third_video(self, path, times):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, path, times)
+    cut = make_project(tmp_path / "cut", rows, weights, stores=1)
+    monkeypatch.setattr(audio.AudioEmbedder, "embed_video", dies_on_third_video)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(cut, monkeypatch)
+    assert FeatureReader(str(cut / audio.OUT_DIR)).videos == ["a", "b"]
+    monkeypatch.setattr(audio.AudioEmbedder, "embed_video", real)
+    resumed = run_stage(cut, monkeypatch)
+    assert resumed.videos == full.videos
+    for vid in full.videos:
+        for column in ("embedding", "valid", "frame", "time"):
+            np.testing.assert_array_equal(resumed.rows(vid)[column], full.rows(vid)[column])
+    def files(root):
+        base = root / audio.OUT_DIR
+        return {os.path.relpath(os.path.join(d, f), base): open(os.path.join(d, f), "rb").read()
+                for d, _, names in os.walk(base) for f in names}
+    assert files(cut) == files(tmp_path / "full")                            # byte-identical stores
