@@ -98,7 +98,8 @@ def main() -> None:
                   "precision": embedder.precision, "weights_sha256": file_sha256(WEIGHTS)}
     stores = params["stores"]
     os.makedirs(OUT_DIR, exist_ok=True)
-    for stale in set(glob.glob(os.path.join(OUT_DIR, "store-*.zarr"))) - {store_path(OUT_DIR, b) for b in range(stores)}:
+    current = {store_path(OUT_DIR, b) for b in range(stores)}
+    for stale in set(glob.glob(os.path.join(OUT_DIR, "store-*.zarr"))) - current:
         shutil.rmtree(stale)                      # left by a run with more stores
     writers = [StoreWriter(store_path(OUT_DIR, b), embedder.dim, provenance,
                            [v["video_id"] for v in videos if bucket_of(v["video_id"], stores) == b])
