@@ -1,0 +1,223 @@
+"""The one data path from cached features to model inputs: videos, flat splits, fixed-length windows.
+
+Per video, visual rows, audio rows and labels are aligned on the annotation length (DESIGN.md §3: trust
+it): feature rows past it are dropped, label rows without features become invalid (zero) feature rows.
+A split is every video's rows concatenated into flat tensors (nanoGPT style), so a batch of windows is
+one gather on the device and the GPU never waits on I/O. Windows never cross videos: the last window
+of a video is padded at the tail and masked.
+
+`WindowDataset` reads the same windows straight from the stores, for data that does not fit in memory
+(each DataLoader worker opens its own readers).
+"""
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from stages.annotations import read_labels
+from stages.metrics import INVALID
+from stages.store import FeatureReader
+
+PREDICT_BATCH = 256   # windows per forward pass when predicting
+
+
+@dataclass
+class Video:
+    """One video's aligned per-frame arrays (n rows each)."""
+    video_id: str
+    visual: np.ndarray         # [n, Dv] float32
+    visual_valid: np.ndarray   # [n] bool
+    audio: np.ndarray          # [n, Da] float32
+    audio_valid: np.ndarray    # [n] bool
+    labels: np.ndarray         # [n, 2] float32, INVALID where not annotated
+
+
+def read_manifest(path: str) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def load_labels(path: str, frames: int) -> np.ndarray:
+    """Labels of one video; a video without a label file (e.g. an unlabelled test set) is all INVALID."""
+    if path and os.path.exists(path):
+        return read_labels(path)
+    if path:
+        raise FileNotFoundError(f"{path}: label file listed in the manifest is missing")
+    return np.full((frames, 2), INVALID, np.float32)
+
+
+def _fit(rows: np.ndarray, n: int) -> np.ndarray:
+    """Cut or zero-pad rows to n (missing feature rows are zero, and their valid flag false)."""
+    if len(rows) >= n:
+        return rows[:n]
+    return np.concatenate([rows, np.zeros((n - len(rows), *rows.shape[1:]), rows.dtype)])
+
+
+def load_video(video_id: str, labels_path: str, visual: FeatureReader, audio: FeatureReader) -> Video:
+    v = visual.rows(video_id, columns=("embedding", "valid"))
+    a = audio.rows(video_id, columns=("embedding", "valid"))
+    labels = load_labels(labels_path, max(visual.length(video_id), audio.length(video_id)))
+    n = len(labels)
+    return Video(video_id, _fit(v["embedding"], n), _fit(v["valid"], n),
+                 _fit(a["embedding"], n), _fit(a["valid"], n), labels)
+
+
+def window_starts(n: int, window: int, hop: int) -> list[int]:
+    """Starts of windows every `hop` frames that cover all n frames (the last one may overhang)."""
+    if n <= 0:
+        return []
+    starts = list(range(0, max(n - window, 0) + 1, hop))
+    if starts[-1] + window < n:
+        starts.append(starts[-1] + hop)
+    return starts
+
+
+class Split:
+    """Videos of one split as flat tensors on one device; `offsets[i]:offsets[i+1]` is video i."""
+
+    def __init__(self, videos: list[Video], device: str = "cpu"):
+        if not videos:
+            raise ValueError("a split needs at least one video")
+        self.video_ids = [v.video_id for v in videos]
+        lengths = [len(v.labels) for v in videos]
+        self.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+
+        def flat(name, dtype):
+            return torch.from_numpy(np.concatenate([getattr(v, name) for v in videos])).to(device, dtype)
+
+        self.visual = flat("visual", torch.float32)
+        self.visual_valid = flat("visual_valid", torch.bool)
+        self.audio = flat("audio", torch.float32)
+        self.audio_valid = flat("audio_valid", torch.bool)
+        self.labels = flat("labels", torch.float32)
+        self.device = device
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def windows(self, window: int, hop: int) -> torch.Tensor:
+        """[W, 2] int64 (flat start, flat end of its video) of every window of every video."""
+        rows = [(lo + s, hi) for lo, hi in zip(self.offsets[:-1], self.offsets[1:])
+                for s in window_starts(int(hi - lo), window, hop)]
+        return torch.tensor(rows, dtype=torch.int64, device=self.device).reshape(-1, 2)
+
+    def gather(self, windows: torch.Tensor, window: int) -> dict[str, torch.Tensor]:
+        """Batch of windows: features [B, L, D], valid [B, L], labels [B, L, 2], masks.
+
+        `inside` marks real frames (not tail padding); `label_mask` [B, L, 2] marks frames that count
+        in the loss: annotated, inside, and with at least one modality present.
+        """
+        pos = windows[:, :1] + torch.arange(window, device=windows.device)
+        inside = pos < windows[:, 1:]
+        pos = torch.where(inside, pos, windows[:, :1])   # any in-video row; masked out below
+        visual_valid = self.visual_valid[pos] & inside
+        audio_valid = self.audio_valid[pos] & inside
+        labels = torch.where(inside[..., None], self.labels[pos], INVALID)
+        present = (visual_valid | audio_valid) & inside
+        return {
+            "visual": self.visual[pos] * inside[..., None], "visual_valid": visual_valid,
+            "audio": self.audio[pos] * inside[..., None], "audio_valid": audio_valid,
+            "labels": labels, "inside": inside,
+            "label_mask": (labels != INVALID) & present[..., None],
+        }
+
+    def labels_numpy(self) -> np.ndarray:
+        return self.labels.cpu().numpy()
+
+    def video_slices(self) -> dict[str, slice]:
+        return {vid: slice(int(lo), int(hi))
+                for vid, lo, hi in zip(self.video_ids, self.offsets[:-1], self.offsets[1:])}
+
+
+def load_split(entries: list[dict], visual_dir: str, audio_dir: str, device: str = "cpu") -> Split:
+    """entries: manifest rows (`video_id`, `labels`)."""
+    visual, audio = FeatureReader(visual_dir), FeatureReader(audio_dir)
+    return Split([load_video(e["video_id"], e["labels"], visual, audio) for e in entries], device)
+
+
+def autocast(device: str):
+    """bf16 autocast on CUDA; a no-op on the CPU, where training must stay bit-deterministic."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=str(device).startswith("cuda"))
+
+
+@torch.no_grad()
+def predict_split(model: torch.nn.Module, split: Split, window: int, hop: int) -> np.ndarray:
+    """[N, 2] per-frame predictions of every video, overlapping windows averaged per frame."""
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(len(split), 2, device=split.device)
+    count = torch.zeros(len(split), 1, device=split.device)
+    for batch in split.windows(window, hop).split(PREDICT_BATCH):
+        x = split.gather(batch, window)
+        with autocast(split.device):
+            pred = model(x["visual"], x["visual_valid"], x["audio"], x["audio_valid"]).float()
+        pos = batch[:, :1] + torch.arange(window, device=batch.device)
+        keep = x["inside"]
+        total.index_add_(0, pos[keep], pred[keep])
+        count.index_add_(0, pos[keep], torch.ones_like(pred[keep][:, :1]))
+    model.train(was_training)
+    return (total / count.clamp_min(1)).cpu().numpy()
+
+
+def predict_video(model: torch.nn.Module, visual: np.ndarray, visual_valid: np.ndarray,
+                  audio: np.ndarray, audio_valid: np.ndarray, window: int, hop: int,
+                  device: str = "cpu") -> np.ndarray:
+    """[n, 2] predictions for one video's aligned rows (every frame covered, overlaps averaged)."""
+    n = len(visual)
+    video = Video("video", np.asarray(visual, np.float32), np.asarray(visual_valid, bool),
+                  np.asarray(audio, np.float32), np.asarray(audio_valid, bool),
+                  np.full((n, 2), INVALID, np.float32))
+    return predict_split(model, Split([video], device), window, hop)
+
+
+class WindowDataset(torch.utils.data.Dataset):
+    """The same windows as `Split.gather`, read lazily from the stores (DataLoader-worker safe).
+
+    Labels are read up front (they are small); feature readers are opened on first use in each
+    process, because open Zarr groups must not be shared across forked or spawned workers.
+    """
+
+    def __init__(self, entries: list[dict], visual_dir: str, audio_dir: str, window: int, hop: int):
+        self.visual_dir, self.audio_dir, self.window = visual_dir, audio_dir, window
+        visual, audio = FeatureReader(visual_dir), FeatureReader(audio_dir)
+        self.video_ids = [e["video_id"] for e in entries]
+        self.labels = [load_labels(e["labels"], max(visual.length(e["video_id"]), audio.length(e["video_id"])))
+                       for e in entries]
+        self.items = [(i, s) for i, lab in enumerate(self.labels) for s in window_starts(len(lab), window, hop)]
+        self._readers = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_readers": None}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _read(self, reader: FeatureReader, video_id: str, start: int, stop: int):
+        """Rows [start, stop) zero-padded to a whole window."""
+        rows = reader.rows(video_id, columns=("embedding", "valid"), start=start, stop=stop)
+        return (torch.from_numpy(_fit(rows["embedding"], self.window)),
+                torch.from_numpy(_fit(rows["valid"], self.window)))
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if self._readers is None:
+            self._readers = (FeatureReader(self.visual_dir), FeatureReader(self.audio_dir))
+        video, start = self.items[index]
+        video_id, labels = self.video_ids[video], self.labels[video]
+        stop = min(start + self.window, len(labels))   # features past the annotation are not used
+        inside = torch.arange(self.window) < stop - start
+        visual, visual_valid = self._read(self._readers[0], video_id, start, stop)
+        audio, audio_valid = self._read(self._readers[1], video_id, start, stop)
+        labels = torch.from_numpy(_fit(labels[start:stop], self.window))
+        labels[~inside] = INVALID
+        visual_valid, audio_valid = visual_valid & inside, audio_valid & inside
+        present = visual_valid | audio_valid
+        return {
+            "visual": visual, "visual_valid": visual_valid,
+            "audio": audio, "audio_valid": audio_valid,
+            "labels": labels, "inside": inside,
+            "label_mask": (labels != INVALID) & present[:, None],
+        }
