@@ -78,3 +78,14 @@ def shared_media():
     if not os.path.isdir(path):
         pytest.skip("../shared/media is not present on this machine")
     return path
+
+
+@pytest.fixture(scope="session")
+def extracted_pipeline(tmp_path_factory):
+    """The shrunken pipeline run once (`dvc repro`) and committed with its dvc.lock, shared by the
+    remote and queue tests so CI extracts features once. Tests may add commits and experiments."""
+    repo = make_pipeline_repo(str(tmp_path_factory.mktemp("extracted") / "a"))
+    dvc("repro", cwd=repo)
+    run(["git", "add", "-A"], cwd=repo)
+    run(["git", "commit", "-qm", "extracted features"], cwd=repo)
+    return repo

@@ -2,7 +2,7 @@
 
 Clone A extracts once (the whole shrunken pipeline) and pushes; clone B is a real `git clone` of A
 that pulls and runs a fusion experiment without running any extraction stage. One extracted
-pipeline is shared by the module to keep CI time down.
+pipeline is shared by the session (conftest `extracted_pipeline`) to keep CI time down.
 """
 import getpass
 import json
@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import dvc, make_pipeline_repo, run, tool_env
+from conftest import dvc, run, tool_env
 
 EXTRACTION = ("demo", "dataset", "weights", "visual", "audio")
 
@@ -25,14 +25,10 @@ def stages_run(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
-@pytest.fixture(scope="module")
-def extracted(tmp_path_factory):
-    """Clone A: the pipeline run once and committed (dvc.lock), as a teammate would have it."""
-    repo = make_pipeline_repo(str(tmp_path_factory.mktemp("team") / "a"))
-    dvc("repro", cwd=repo)
-    run(["git", "add", "-A"], cwd=repo)
-    run(["git", "commit", "-qm", "extracted features"], cwd=repo)
-    return repo
+@pytest.fixture
+def extracted(extracted_pipeline):
+    """Clone A: the pipeline run once and committed (conftest, shared with the queue tests)."""
+    return extracted_pipeline
 
 
 def share_and_reuse(repo: str, name: str, url: str, clone: str, local_config=(), env=None) -> None:
