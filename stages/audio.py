@@ -9,9 +9,7 @@ audio stream, silent frames and frames past the end of the audio get a zero vect
 from __future__ import annotations
 
 import csv
-import glob
 import os
-import shutil
 import sys
 import time
 from collections import Counter
@@ -22,8 +20,9 @@ import torch
 from tqdm import tqdm
 
 from stages import media, openl3
+from stages.buckets import WORKER_ENV, BucketError, Videos, local_device, remove_stale, run_buckets
 from stages.params import load_params, resolve_device
-from stages.store import StoreWriter, bucket_of, file_sha256, store_path
+from stages.store import StoreWriter, file_sha256, store_path
 
 WEIGHTS = "data/weights/audio.h5"
 OUT_DIR = "data/features/audio"
@@ -89,45 +88,54 @@ def read_manifest(path: str = MANIFEST) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def main() -> None:
+# Audio tracks that several manifest rows share (Aff-Wild2 `_left`/`_right`): computed once per process,
+# kept as [frame times, embeddings, valid, rows still to write] until all their rows went through here.
+_shared: dict[str, list] = {}
+
+
+def embed_rows(embedder: AudioEmbedder, path: str, rows_with_path: int) -> tuple:
+    entry = _shared.get(path)
+    if entry is None:
+        times = media.frame_times(path)
+        entry = [times, *embedder.embed_video(path, times), rows_with_path]
+        if rows_with_path > 1:
+            _shared[path] = entry
+    entry[3] -= 1
+    if entry[3] <= 0:
+        _shared.pop(path, None)
+    return entry[0], entry[1], entry[2]
+
+
+def extract_store(bucket: int, videos: Videos) -> None:
+    """Write one store (run by `run_buckets`, possibly in a worker process); resumes after its last commit."""
     params = load_params("audio")
-    videos = read_manifest()
     embedder = AudioEmbedder(WEIGHTS, params["input_repr"], params["embedding_size"], params["rate"],
-                             params["device"], params["batch_size"], params["silence_db"], params["silence_window"])
+                             local_device(params["device"]), params["batch_size"], params["silence_db"],
+                             params["silence_window"])
     provenance = {"extractor": EXTRACTOR, "params": {k: params[k] for k in OUTPUT_PARAMS},
                   "precision": embedder.precision, "weights_sha256": file_sha256(WEIGHTS)}
-    stores = params["stores"]
-    os.makedirs(OUT_DIR, exist_ok=True)
-    current = {store_path(OUT_DIR, b) for b in range(stores)}
-    for stale in set(glob.glob(os.path.join(OUT_DIR, "store-*.zarr"))) - current:
-        shutil.rmtree(stale)                      # left by a run with more stores
-    writers = [StoreWriter(store_path(OUT_DIR, b), embedder.dim, provenance,
-                           [v["video_id"] for v in videos if bucket_of(v["video_id"], stores) == b])
-               for b in range(stores)]
-    done = {vid for w in writers for vid in w.committed}
-    todo = [v for v in videos if v["video_id"] not in done]
-    pending = Counter(os.path.normpath(v["path"]) for v in todo)   # _left/_right rows share one audio track
-    computed: dict[str, tuple] = {}
-    began = time.perf_counter()
-    with tqdm(todo, unit="video", desc="audio", initial=len(done), total=len(videos)) as bar:
+    writer = StoreWriter(store_path(OUT_DIR, bucket), embedder.dim, provenance, videos.ids)
+    uses = Counter(os.path.normpath(v["path"]) for v in read_manifest())
+    began, done = time.perf_counter(), len(writer.committed)
+    with tqdm(videos.todo(writer.committed), desc=f"audio store {bucket}", unit="video",
+              initial=done, total=len(videos), position=int(os.environ.get(WORKER_ENV, 0))) as bar:
         for video in bar:
             path = os.path.normpath(video["path"])
-            if path not in computed:
-                times = media.frame_times(path)
-                computed[path] = (times, *embedder.embed_video(path, times))
-            times, emb, valid = computed[path]
-            pending[path] -= 1
-            if not pending[path]:
-                del computed[path]
-            writers[bucket_of(video["video_id"], stores)].append(
-                video["video_id"], embedding=emb, valid=valid, frame=np.arange(len(times)), time=times)
+            times, emb, valid = embed_rows(embedder, path, uses[path])
+            writer.append(video["video_id"], embedding=emb, valid=valid, frame=np.arange(len(times)), time=times)
             bar.set_postfix(windows_per_s=f"{embedder.windows / (time.perf_counter() - began):.1f}")
-    print(f"audio: {len(todo)} videos embedded ({embedder.windows} windows, {embedder.precision}, "
-          f"torch threads {torch.get_num_threads()}), {len(done)} already done")
+
+
+def main() -> None:
+    params = load_params("audio")
+    os.makedirs(OUT_DIR, exist_ok=True)
+    remove_stale(OUT_DIR, params["stores"])
+    run_buckets(read_manifest(), params["stores"], extract_store, workers=params["workers"])
+    print(f"audio: {params['stores']} stores in {OUT_DIR} (torch threads {torch.get_num_threads()})")
 
 
 if __name__ == "__main__":
     try:
         main()
-    except media.MediaError as exc:
+    except BucketError as exc:
         sys.exit(f"audio: {exc}")
