@@ -70,6 +70,7 @@ class AudioEmbedder:
         if audio.size == 0:
             return emb, np.zeros(len(frame_times), bool)
         audio = openl3.resample(audio, sr)
+
         def sample_at(times):
             return np.round((times - start) * openl3.SAMPLE_RATE).astype(np.int64)
         valid = self.audible(audio, sample_at(frame_times))
@@ -88,22 +89,21 @@ def read_manifest(path: str = MANIFEST) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-# Audio tracks that several manifest rows share (Aff-Wild2 `_left`/`_right`): computed once per process,
-# kept as [frame times, embeddings, valid, rows still to write] until all their rows went through here.
-_shared: dict[str, list] = {}
+# Audio tracks that several manifest rows share (Aff-Wild2 `_left`/`_right`): computed once per process
+# and kept, with the count of their rows still to write, until the last of those rows went through here.
+_shared: dict[str, tuple[tuple, int]] = {}
 
 
 def embed_rows(embedder: AudioEmbedder, path: str, rows_with_path: int) -> tuple:
-    entry = _shared.get(path)
-    if entry is None:
+    """(frame times, embeddings, valid) of a video file, computed once for all the rows that share it."""
+    if path in _shared:
+        result, rows_left = _shared.pop(path)
+    else:
         times = media.frame_times(path)
-        entry = [times, *embedder.embed_video(path, times), rows_with_path]
-        if rows_with_path > 1:
-            _shared[path] = entry
-    entry[3] -= 1
-    if entry[3] <= 0:
-        _shared.pop(path, None)
-    return entry[0], entry[1], entry[2]
+        result, rows_left = (times, *embedder.embed_video(path, times)), rows_with_path
+    if rows_left > 1:
+        _shared[path] = (result, rows_left - 1)
+    return result
 
 
 def extract_store(bucket: int, videos: Videos) -> None:
