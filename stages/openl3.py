@@ -180,7 +180,7 @@ def load_weights(model: OpenL3, path: str) -> OpenL3:
     (names differ between Keras versions). Conv kernels are (kh, kw, in, out); batch norms are
     (gamma, beta, moving_mean, moving_variance)."""
     norms, convs = [], []
-    for name, arrays in _keras_layers(path):
+    for _, arrays in _keras_layers(path):
         if len(arrays) == 4 and all(a.ndim == 1 for a in arrays):
             norms.append(arrays)
         elif len(arrays) == 2 and arrays[0].ndim == 4 and arrays[0].shape[:2] == (3, 3):

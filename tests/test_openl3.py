@@ -106,3 +106,14 @@ def test_rejects_a_file_that_is_not_openl3(tmp_path):
         g.create_dataset("dense/bias:0", data=np.zeros(2, np.float32))
     with pytest.raises(ValueError, match="not an OpenL3 audio weight file"):
         openl3.load_weights(openl3.OpenL3("mel128", 512), str(path))
+
+
+@pytest.mark.parametrize("input_repr", ["linear", "mel128", "mel256"])
+def test_every_configuration_gives_the_official_sizes(tmp_path, input_repr):
+    path = tmp_path / "w.h5"
+    openl3.write_random_weights(path, input_repr, 512, seed=0)
+    tone = np.sin(np.arange(openl3.WINDOW) * 0.05).astype(np.float32)
+    for size in (512, 6144):
+        model = openl3.load_model(str(path), input_repr, size, "cpu")
+        emb = model.embed_centred(tone, np.array([openl3.WINDOW // 2]))
+        assert emb.shape == (1, size) and np.isfinite(emb).all()
