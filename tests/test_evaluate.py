@@ -1,0 +1,152 @@
+"""The evaluate stage: post-processing, fold merging, scores, report files and plots."""
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+
+from stages.annotations import read_labels
+from stages.evaluate import (VideoResult, fold_dirs, merge_folds, moving_average, per_video_rows,
+                             postprocess, scores, split_metrics, write_abaw, write_metrics, write_per_video)
+from stages.metrics import INVALID, ccc_centring
+from stages.plots import pick_videos, write_plots
+
+
+def test_moving_average_is_centred_and_keeps_length():
+    # Window 3 over [0,0,3,0,0]: each neighbour of the spike gets 3/3 = 1.
+    np.testing.assert_allclose(moving_average(np.array([0, 0, 3.0, 0, 0]), 3), [0, 1, 1, 1, 0])
+    np.testing.assert_allclose(moving_average(np.full(7, 0.4), 5), np.full(7, 0.4))
+
+
+@pytest.mark.parametrize("frames", [0, 1])
+def test_moving_average_off(frames):
+    x = np.array([0.1, -0.3, 0.7])
+    np.testing.assert_array_equal(moving_average(x, frames), x)
+
+
+def test_postprocess_smooths_each_dimension_with_its_own_width_then_clips():
+    pred = np.array([[0, 0], [0, 0], [3.0, 3.0], [0, 0], [0, 0]])
+    out = postprocess(pred, clip=True, smooth_valence=3, smooth_arousal=0)
+    np.testing.assert_allclose(out[:, 0], [0, 1, 1, 1, 0])     # smoothed, already in range
+    np.testing.assert_allclose(out[:, 1], [0, 0, 1, 0, 0])     # not smoothed, clipped from 3
+    assert postprocess(pred, clip=False, smooth_valence=0, smooth_arousal=0).max() == 3.0
+
+
+def test_one_fold_is_used_as_is():
+    p = np.array([[0.2, 1.4], [-0.1, 0.3]])
+    np.testing.assert_array_equal(merge_folds([p]), p)   # clipping is post-processing's call
+
+
+def test_folds_are_merged_by_ccc_centring_per_dimension():
+    rng = np.random.default_rng(0)
+    folds = [rng.uniform(-0.5, 0.5, (20, 2)) for _ in range(3)]
+    merged = merge_folds(folds)
+    for d in range(2):
+        np.testing.assert_allclose(merged[:, d], ccc_centring([f[:, d] for f in folds]))
+
+
+def test_scores_by_hand():
+    # Valence: pred [1,2,3]/10 vs true [2,3,4]/10 -> CCC 4/7 (a shift), RMSE 0.1, Pearson 1.
+    # Arousal: identical on the two annotated frames -> CCC 1, RMSE 0; frame 3 is -5 (excluded).
+    pred = np.array([[0.1, 0.5], [0.2, -0.5], [0.3, 0.9]])
+    true = np.array([[0.2, 0.5], [0.3, -0.5], [0.4, INVALID]])
+    s = scores(pred, true)
+    assert s["ccc_valence"] == pytest.approx(4 / 7)
+    assert s["ccc_arousal"] == pytest.approx(1.0)
+    assert s["ccc_mean"] == pytest.approx((4 / 7 + 1) / 2)
+    assert s["rmse_valence"] == pytest.approx(0.1)
+    assert s["rmse_arousal"] == pytest.approx(0.0)
+    assert s["pearson_valence"] == pytest.approx(1.0)
+    assert s["frames"] == 3
+
+
+def _result(video_id, split, pred, true):
+    pred = np.asarray(pred, dtype=float)
+    return VideoResult(video_id, split, np.arange(len(pred)) / 10.0, pred,
+                       None if true is None else np.asarray(true, dtype=float))
+
+
+def test_split_metrics_concatenate_videos_and_skip_unlabelled_ones():
+    # Video a: CCC 1; video b: constant prediction -> CCC 0 alone; concatenated 2/3 (see test_metrics).
+    a = _result("a", "test", [[0, 0], [1, 1]], [[0, 0], [1, 1]])
+    b = _result("b", "test", [[0.5, 0.5], [0.5, 0.5]], [[0, 0], [1, 1]])
+    unlabelled = _result("c", "test", [[0.9, 0.9]], None)
+    metrics = split_metrics([a, b, unlabelled])
+    assert list(metrics) == ["test"]
+    assert metrics["test"]["ccc_valence"] == pytest.approx(2 / 3)
+    assert metrics["test"]["videos"] == 2
+    rows = per_video_rows([a, b, unlabelled])
+    assert [r["video_id"] for r in rows] == ["a", "b"]
+    assert rows[0]["ccc_mean"] == pytest.approx(1.0) and rows[1]["ccc_mean"] == pytest.approx(0.0)
+
+
+def test_abaw_file_format_round_trips_through_the_label_reader(tmp_path):
+    pred = np.array([[0.25, -0.5], [1.0, 0.0], [-1.0, 0.123456]])
+    path = tmp_path / "test" / "vid-30-640x360.txt"
+    write_abaw(str(path), pred)
+    lines = path.read_text().splitlines()
+    assert lines[0] == "valence,arousal"
+    assert len(lines) == 1 + len(pred)
+    np.testing.assert_allclose(read_labels(str(path)), pred, atol=1e-6)
+
+
+def test_metrics_json_has_no_nan(tmp_path):
+    path = tmp_path / "metrics.json"
+    write_metrics(str(path), {"test": {"ccc_valence": float("nan"), "ccc_arousal": 0.5}, "folds": 1})
+    assert json.loads(path.read_text()) == {"test": {"ccc_valence": None, "ccc_arousal": 0.5}, "folds": 1}
+
+
+def test_per_video_table(tmp_path):
+    path = tmp_path / "per_video.csv"
+    write_per_video(str(path), per_video_rows([_result("a", "test", [[0, 0], [1, 1]], [[0, 0], [1, 1]])]))
+    rows = list(csv.DictReader(path.open()))
+    assert rows == [{"split": "test", "video_id": "a", "ccc_valence": "1.0000", "ccc_arousal": "1.0000",
+                     "ccc_mean": "1.0000", "frames": "2"}]
+
+
+def test_fold_directories_in_numeric_order(tmp_path):
+    for i in (10, 2, 0, 1):
+        (tmp_path / f"fold-{i}").mkdir()
+    (tmp_path / "fold-notes.txt").write_text("")
+    assert [os.path.basename(d) for d in fold_dirs(str(tmp_path))] == ["fold-0", "fold-1", "fold-2", "fold-10"]
+    with pytest.raises(FileNotFoundError, match="no fold"):
+        fold_dirs(str(tmp_path / "missing"))
+
+
+def _synthetic_results(rng):
+    results = []
+    for i in range(6):
+        t = np.linspace(0, 6, 90)
+        true = np.stack([np.sin(t + i), np.cos(0.7 * t + i)], axis=1) * 0.8
+        true[:10, 1] = INVALID
+        noise = 0.1 + 0.15 * i
+        pred = np.clip(np.where(true == INVALID, 0, true) + rng.normal(0, noise, true.shape), -1, 1)
+        results.append(_result(f"v{i}", "test" if i < 4 else "train", pred, true))
+    return results
+
+
+def test_pick_videos_spreads_over_the_ranking():
+    results = _synthetic_results(np.random.default_rng(0))
+    per_video = per_video_rows(results)
+    picked = [r.video_id for r in pick_videos(results, per_video, 3)]
+    assert picked == ["v0", "v2", "v3"] or picked[0] == "v0" and picked[-1] == "v3"
+    assert len(pick_videos(results, per_video, 10)) == 4   # only the test videos
+
+
+def test_plots_write_pngs_and_dvc_plot_data(tmp_path):
+    results = _synthetic_results(np.random.default_rng(0))
+    train_dir = tmp_path / "train" / "plots" / "metrics"
+    for series in ("train", "val"):
+        (train_dir / series).mkdir(parents=True)
+        (train_dir / series / "loss.tsv").write_text("timestamp\tstep\tloss\n1\t0\t0.9\n2\t1\t0.6\n")
+    png_dir, data_dir = tmp_path / "plots", tmp_path / "plot_data"
+    write_plots(results, per_video_rows(results), 2, train_dir=str(tmp_path / "train"),
+                png_dir=str(png_dir), data_dir=str(data_dir))
+    for name in ("curves", "va_scatter", "per_video_ccc", "training"):
+        assert (png_dir / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    curves = sorted(os.listdir(data_dir / "curves"))
+    assert len(curves) == 2
+    header = (data_dir / "curves" / curves[0]).read_text().splitlines()[0]
+    assert header == "time,valence_true,valence_pred,arousal_true,arousal_pred"
+    assert (data_dir / "va_true.csv").read_text().startswith("valence,arousal\n")
