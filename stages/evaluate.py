@@ -25,11 +25,19 @@ from scipy.ndimage import uniform_filter1d
 
 from stages.metrics import INVALID, ccc, ccc_centring, split_ccc
 from stages.params import load_params, resolve_device
-from stages.plots import write_plots
+from stages.plots import DATA_DIR, PNG_DIR, write_plots
 from stages.store import FeatureReader
 from stages.train import load_model
 from stages.windows import load_split, predict_split, read_manifest
 
+MANIFEST = "data/manifest.csv"
+VISUAL = "data/features/visual"
+AUDIO = "data/features/audio"
+MODELS = "models"
+TRAIN_REPORTS = "reports/train"
+PREDICTIONS = "data/predictions"
+METRICS = "reports/metrics.json"
+PER_VIDEO = "reports/per_video.csv"
 DIMENSIONS = ("valence", "arousal")
 SPLITS = ("train", "validation", "test")
 
@@ -75,10 +83,11 @@ def scores(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
     official = split_ccc(pred, true)
     out: dict[str, float] = {"ccc_valence": official["valence"], "ccc_arousal": official["arousal"],
                              "ccc_mean": official["mean"]}
-    for d, name in enumerate(DIMENSIONS):
-        keep = true[:, d] != INVALID
-        x, y = pred[keep, d].astype(np.float64), true[keep, d].astype(np.float64)
-        out[f"rmse_{name}"] = float(np.sqrt(np.mean((x - y) ** 2))) if keep.any() else float("nan")
+    valid = [(pred[true[:, d] != INVALID, d].astype(np.float64), true[true[:, d] != INVALID, d].astype(np.float64))
+             for d in range(2)]
+    for name, (x, y) in zip(DIMENSIONS, valid):
+        out[f"rmse_{name}"] = float(np.sqrt(np.mean((x - y) ** 2))) if len(x) else float("nan")
+    for name, (x, y) in zip(DIMENSIONS, valid):
         out[f"pearson_{name}"] = _pearson(x, y)
     out["frames"] = int((true != INVALID).any(axis=1).sum())
     return out
@@ -156,20 +165,22 @@ def fold_dirs(models_dir: str) -> list[str]:
     return [d for _, d in numbered]
 
 
-def check_features(configs: list[dict], visual_dir: str, audio_dir: str) -> None:
+def check_features(folds: list[str], configs: list[dict], visual_dir: str, audio_dir: str) -> None:
     """Refuse to score models on features other than those they were trained on."""
-    stores = {"visual": FeatureReader(visual_dir).provenance, "audio": FeatureReader(audio_dir).provenance}
-    for i, config in enumerate(configs):
-        for name, provenance in stores.items():
-            if config["provenance"][name] != provenance:
-                raise SystemExit(f"models/fold-{i}: trained on other {name} features than {visual_dir if name == 'visual' else audio_dir} "
-                                 "holds (re-run the train stage)")
+    stores = {"visual": visual_dir, "audio": audio_dir}
+    provenance = {name: FeatureReader(directory).provenance for name, directory in stores.items()}
+    for fold, config in zip(folds, configs):
+        for name, directory in stores.items():
+            if config["provenance"][name] != provenance[name]:
+                raise SystemExit(f"{fold}: trained on other {name} features than {directory} holds "
+                                 "(re-run the train stage)")
 
 
 def predict_all(params: dict, manifest: str, visual_dir: str, audio_dir: str, models_dir: str) -> list[VideoResult]:
     device = resolve_device(params.get("device", "auto"))
-    folds = [load_model(d, device) for d in fold_dirs(models_dir)]
-    check_features([config for _, config in folds], visual_dir, audio_dir)
+    directories = fold_dirs(models_dir)
+    folds = [load_model(d, device) for d in directories]
+    check_features(directories, [config for _, config in folds], visual_dir, audio_dir)
     entries = read_manifest(manifest)
     results = []
     for split in SPLITS:
@@ -190,20 +201,26 @@ def predict_all(params: dict, manifest: str, visual_dir: str, audio_dir: str, mo
     return results
 
 
-def main() -> None:
-    params = load_params("eval")
-    results = predict_all(params, "data/manifest.csv", "data/features/visual", "data/features/audio", "models")
-    predictions_dir = "data/predictions"
-    if os.path.isdir(predictions_dir):
-        shutil.rmtree(predictions_dir)   # no stale files of videos that left the manifest
+def run(params: dict, root: str = ".") -> dict:
+    """Predict, score and write every report under root; returns the metrics."""
+    path = lambda p: os.path.join(root, p)   # noqa: E731
+    results = predict_all(params, path(MANIFEST), path(VISUAL), path(AUDIO), path(MODELS))
+    if os.path.isdir(path(PREDICTIONS)):
+        shutil.rmtree(path(PREDICTIONS))   # no stale files of videos that left the manifest
     for r in results:
-        write_abaw(os.path.join(predictions_dir, r.split, f"{r.video_id}.txt"), r.pred)
+        write_abaw(os.path.join(path(PREDICTIONS), r.split, f"{r.video_id}.txt"), r.pred)
     metrics = split_metrics(results)
-    metrics["folds"] = len(fold_dirs("models"))
-    write_metrics("reports/metrics.json", metrics)
+    metrics["folds"] = len(fold_dirs(path(MODELS)))
+    write_metrics(path(METRICS), metrics)
     per_video = per_video_rows(results)
-    write_per_video("reports/per_video.csv", per_video)
-    write_plots(results, per_video, params["plot_videos"])
+    write_per_video(path(PER_VIDEO), per_video)
+    write_plots(results, per_video, params["plot_videos"], train_dir=path(TRAIN_REPORTS),
+                png_dir=path(PNG_DIR), data_dir=path(DATA_DIR))
+    return metrics
+
+
+def main() -> None:
+    metrics = run(load_params("eval"))
     for split, m in metrics.items():
         if isinstance(m, dict):
             print(f"{split:>10}: CCC valence {m['ccc_valence']:.3f}  arousal {m['ccc_arousal']:.3f}  "

@@ -150,3 +150,60 @@ def test_plots_write_pngs_and_dvc_plot_data(tmp_path):
     header = (data_dir / "curves" / curves[0]).read_text().splitlines()[0]
     assert header == "time,valence_true,valence_pred,arousal_true,arousal_pred"
     assert (data_dir / "va_true.csv").read_text().startswith("valence,arousal\n")
+
+
+EVAL = {"clip": True, "smooth_valence": 0, "smooth_arousal": 0, "plot_videos": 2, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Tiny real stores (test_windows) and two real fold models from the train stage."""
+    from stages.train import run as train
+    from test_windows import make_dataset
+    root = str(tmp_path_factory.mktemp("evaluate"))
+    make_dataset(root)
+    train({"type": "concat", "dim": 16, "hidden": 8, "dropout": 0.1},
+          {"seed": 0, "window": 32, "hop": 8, "batch_size": 8, "epochs": 4, "lr": 0.01,
+           "weight_decay": 0.0001, "patience": 4, "device": "cpu", "folds": 2}, root=root)
+    return root
+
+
+def test_evaluate_end_to_end_on_real_stores_and_models(trained):
+    from stages.evaluate import run
+    metrics = run(EVAL, root=trained)
+    assert metrics["folds"] == 2
+    assert set(metrics) == {"train", "validation", "test", "folds"}
+    assert metrics["test"]["ccc_mean"] > 0.3 and metrics["test"]["videos"] == 2
+    assert json.load(open(os.path.join(trained, "reports/metrics.json")))["test"]["ccc_mean"] == \
+        pytest.approx(metrics["test"]["ccc_mean"])
+    # One ABAW file per video, as long as its annotation (which differs from the feature rows).
+    for row in csv.DictReader(open(os.path.join(trained, "data/manifest.csv"))):
+        path = os.path.join(trained, "data/predictions", row["split"], f"{row['video_id']}.txt")
+        pred = read_labels(path)
+        assert len(pred) == int(row["label_frames"]) and np.abs(pred).max() <= 1
+    per_video = list(csv.DictReader(open(os.path.join(trained, "reports/per_video.csv"))))
+    assert len(per_video) == 8
+    for name in ("curves", "va_scatter", "per_video_ccc", "training"):
+        assert os.path.getsize(os.path.join(trained, "reports/plots", f"{name}.png")) > 10_000
+    assert len(os.listdir(os.path.join(trained, "reports/plot_data/curves"))) == 2
+
+
+def test_smoothing_changes_only_the_smoothed_dimension(trained):
+    from stages.evaluate import run
+    plain = run(EVAL, root=trained)
+    smoothed = run({**EVAL, "smooth_arousal": 9}, root=trained)
+    assert smoothed["test"]["ccc_valence"] == plain["test"]["ccc_valence"]
+    assert smoothed["test"]["ccc_arousal"] != plain["test"]["ccc_arousal"]
+
+
+def test_evaluate_refuses_models_trained_on_other_features(trained, tmp_path):
+    from stages.evaluate import run
+    import shutil
+    copy = str(tmp_path / "copy")
+    shutil.copytree(trained, copy)
+    config_path = os.path.join(copy, "models/fold-1/config.json")
+    config = json.load(open(config_path))
+    config["provenance"]["audio"]["extractor"] = "something-else"
+    json.dump(config, open(config_path, "w"))
+    with pytest.raises(SystemExit, match="fold-1: trained on other audio features"):
+        run(EVAL, root=copy)
