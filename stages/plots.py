@@ -169,3 +169,21 @@ def write_plots(results, per_video: list[dict], plot_videos: int, train_dir: str
     plot_va_scatter(results, os.path.join(png_dir, "va_scatter.png"), data_dir)
     plot_per_video(per_video, os.path.join(png_dir, "per_video_ccc.png"))
     plot_training(train_dir, os.path.join(png_dir, "training.png"))
+
+
+def plot_prediction(time: np.ndarray, pred: np.ndarray, face: np.ndarray, audio: np.ndarray,
+                    png: str, title: str) -> None:
+    """`avfusion predict --plot`: the predicted curves, with the stretches lacking a face or a voice
+    shaded (there the model leans on the other modality)."""
+    fig, ax = plt.subplots(figsize=(11, 3.6))
+    step = float(np.median(np.diff(time))) if len(time) > 1 else 0.04
+    for present, colour, label in ((face, "tab:blue", "no face"), (audio, "tab:green", "no audio")):
+        missing = ~np.asarray(present, bool)
+        ax.fill_between(time, -1.05, 1.05, where=missing, step="mid", alpha=0.12, color=colour,
+                        lw=0, label=f"{label} ({missing.mean():.0%} of frames)")
+    ax.plot(time, pred[:, 0], color="tab:red", lw=1.4, label="valence")
+    ax.plot(time, pred[:, 1], color="tab:purple", lw=1.4, label="arousal")
+    ax.axhline(0, color="0.8", lw=0.8, zorder=0)
+    ax.set(xlim=(time[0], time[-1] + step), ylim=(-1.05, 1.05), xlabel="time (s)", title=title)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+    _save(fig, png)

@@ -1,0 +1,68 @@
+"""The `avfusion` command. Subcommands so more can join `predict`."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+DESCRIPTION = "Audio-visual valence/arousal prediction with models trained by the avfusion pipeline."
+
+
+def _predict(args: argparse.Namespace) -> None:
+    # Imported here: torch and the extractors take seconds to import, `avfusion --help` should not.
+    from stages.media import probe
+    from stages.plots import plot_prediction
+    from stages.predict import Predictor, write_atomically, write_csv
+
+    # Fail on a bad video or output path before the models load and the extraction runs, not after.
+    probe(args.video)
+    for out in filter(None, (args.out, args.plot)):
+        if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+            raise FileNotFoundError(f"{out}: its directory does not exist")
+    result = Predictor(args.model, args.weights, args.device).predict(
+        args.video, args.smooth_valence, args.smooth_arousal)
+    write_atomically(args.out, lambda tmp: write_csv(tmp, result))
+    if args.plot:
+        write_atomically(args.plot, lambda tmp: plot_prediction(
+            result["time"], result["pred"], result["face"], result["audio"], tmp, os.path.basename(args.video)))
+    print(f"{args.out}: {len(result['time'])} frames (face in {result['face'].mean():.0%}, "
+          f"audio in {result['audio'].mean():.0%})", file=sys.stderr)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="avfusion", description=DESCRIPTION)
+    commands = top.add_subparsers(dest="command", required=True)
+    p = commands.add_parser(
+        "predict", help="per-frame valence and arousal of a video",
+        description="Write one CSV row per decoded frame: frame (0-based), time (s), valence, arousal "
+                    "(in [-1, 1]), face and audio (1 when that modality was present at the frame).")
+    p.add_argument("video", help="any container FFmpeg reads, with or without audio or a face")
+    p.add_argument("--out", required=True, help="CSV file to write")
+    p.add_argument("--model", default="models",
+                   help="a trained fold (models/fold-0) or a models/ directory, whose folds are merged "
+                        "(default: %(default)s)")
+    p.add_argument("--weights", help="directory with the extractors' visual.pt and audio.h5 "
+                                     "(default: the model's project's data/weights)")
+    p.add_argument("--plot", help="also draw the curves into this PNG")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
+    p.add_argument("--smooth-valence", type=int, default=0, metavar="FRAMES", help="moving average (0 = off)")
+    p.add_argument("--smooth-arousal", type=int, default=0, metavar="FRAMES", help="moving average (0 = off)")
+    p.set_defaults(run=_predict)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from stages.media import MediaError
+    from stages.predict import PredictError
+    try:
+        args.run(args)
+    except (MediaError, PredictError, OSError) as exc:
+        # Bad input is the user's to fix: one line naming the file, no traceback.
+        print(f"avfusion {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

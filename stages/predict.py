@@ -1,0 +1,114 @@
+"""Valence and arousal for a new video with a trained model (`avfusion predict`).
+
+Features are extracted exactly as for the model's training data: the fold's config.json records the
+feature stores' provenance (extractor, its params, the weights' SHA-256), and the weight files used
+here must hash the same. With several folds (a `models/` directory) their predictions are merged by
+CCC centring, as the evaluate stage merges test predictions.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+
+import numpy as np
+
+from stages import audio as audio_stage
+from stages import visual as visual_stage
+from stages.audio import AudioEmbedder
+from stages.evaluate import fold_dirs, merge_folds, postprocess
+from stages.faces import FaceTrackEmbedder
+from stages.media import MediaError
+from stages.params import resolve_device
+from stages.store import file_sha256
+from stages.train import load_model
+from stages.windows import predict_video
+
+COLUMNS = ["frame", "time", "valence", "arousal", "face", "audio"]
+
+
+class PredictError(Exception):
+    """A model or weights that cannot be used; the message names the path in one line."""
+
+
+def model_folds(model_dir: str) -> list[str]:
+    """A single fold directory (with config.json), or every fold-<i> of a models/ directory."""
+    if os.path.exists(os.path.join(model_dir, "config.json")):
+        return [model_dir]
+    if not os.path.isdir(model_dir):
+        raise PredictError(f"{model_dir}: model directory not found")
+    try:
+        return fold_dirs(model_dir)
+    except FileNotFoundError:
+        raise PredictError(f"{model_dir}: no trained model (config.json or fold-<i>/) in it") from None
+
+
+def default_weights_dir(fold_dir: str) -> str:
+    """data/weights of the project the model belongs to (its folds live in <project>/models/fold-<i>)."""
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(fold_dir))), "data", "weights")
+
+
+def checked_weights(path: str, provenance: dict, name: str) -> str:
+    """The weight file, after checking it is the one the training features were extracted with."""
+    if not os.path.isfile(path):
+        raise PredictError(f"{path}: {name} weights not found (run `dvc pull` or pass --weights DIR)")
+    if file_sha256(path) != provenance["weights_sha256"]:
+        raise PredictError(f"{path}: not the {name} weights the model was trained with (SHA-256 differs)")
+    return path
+
+
+class Predictor:
+    """The model's folds and both extractors, built once; `predict(path)` per video."""
+
+    def __init__(self, model_dir: str = "models", weights_dir: str | None = None, device: str = "auto"):
+        self.device = resolve_device(device)
+        folds = model_folds(model_dir)
+        self.models = [load_model(d, self.device) for d in folds]
+        provenance = self.models[0][1]["provenance"]
+        if any(config["provenance"] != provenance for _, config in self.models):
+            raise PredictError(f"{model_dir}: its folds were trained on different features")
+        weights_dir = weights_dir or default_weights_dir(folds[0])
+        visual, audio = provenance["visual"], provenance["audio"]
+        for name, prov, module in (("visual", visual, visual_stage), ("audio", audio, audio_stage)):
+            if prov["extractor"] != module.EXTRACTOR:
+                raise PredictError(f"{folds[0]}: trained on {name} features of extractor {prov['extractor']!r}, "
+                                   f"this version has {module.EXTRACTOR!r}")
+        vp, ap = visual["params"], audio["params"]
+        self.faces = FaceTrackEmbedder(checked_weights(os.path.join(weights_dir, "visual.pt"), visual, "visual"),
+                                       self.device, vp["detect_size"], vp["min_face"], vp["margin"])
+        self.voice = AudioEmbedder(checked_weights(os.path.join(weights_dir, "audio.h5"), audio, "audio"),
+                                   ap["input_repr"], ap["embedding_size"], ap["rate"], self.device,
+                                   silence_db=ap["silence_db"], silence_window=ap["silence_window"])
+
+    def predict(self, path: str, smooth_valence: int = 0, smooth_arousal: int = 0) -> dict[str, np.ndarray]:
+        """Per decoded frame: time, pred [n, 2] (clipped), face and audio presence. Raises MediaError."""
+        face = self.faces.embed_video(path)
+        if len(face["time"]) == 0:
+            raise MediaError(f"{path}: no decodable video frames")
+        voice, voice_valid = self.voice.embed_video(path, face["time"])
+        folds = [predict_video(model, face["embedding"], face["valid"], voice, voice_valid,
+                               config["window"], config["hop"], self.device) for model, config in self.models]
+        pred = postprocess(merge_folds(folds), True, smooth_valence, smooth_arousal)
+        return {"time": face["time"], "pred": pred, "face": face["valid"], "audio": voice_valid}
+
+
+def write_atomically(path: str, write) -> None:
+    """Call write(temp_path), then rename onto path: a failure never leaves a partial file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=os.path.splitext(path)[1], dir=directory)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        os.remove(tmp)
+        raise
+
+
+def write_csv(path: str, result: dict[str, np.ndarray]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS)
+        for i, (t, (v, a), face, voice) in enumerate(zip(result["time"], result["pred"], result["face"],
+                                                         result["audio"])):
+            writer.writerow([i, f"{t:.4f}", f"{v:.6f}", f"{a:.6f}", int(face), int(voice)])

@@ -1,0 +1,125 @@
+"""`avfusion predict` on real tiny videos made with PyAV, with a real (untrained) model and seeded weights."""
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from stages import audio as audio_stage
+from stages import visual as visual_stage
+from stages.cli import main
+from stages.demo import draw_face, write_video
+from stages.fusion import build_model
+from stages.predict import COLUMNS
+from stages.store import file_sha256
+from stages.train import save_fold
+from stages.weights import make_audio, make_visual
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FPS, FRAMES, SIZE = 10, 20, 160
+LOOK = {"background": (40, 60, 80), "stripe": (60, 80, 100), "skin": (220, 170, 130), "face_w": 0.5, "face_h": 0.65}
+VISUAL_PARAMS = {"detect_size": 640, "min_face": 20, "margin": 20, "keep_pooled": False}
+AUDIO_PARAMS = {"input_repr": "mel128", "embedding_size": 512, "rate": 5, "silence_db": -60, "silence_window": 0.25}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """<root>/data/weights (seeded random) and <root>/models/fold-0 trained on features of those weights."""
+    root = tmp_path_factory.mktemp("predict")
+    weights = root / "data" / "weights"
+    weights.mkdir(parents=True)
+    make_visual("random", 0, str(weights / "visual.pt"))
+    make_audio("random", 0, "mel128", 512, str(weights / "audio.h5"))
+    provenance = {
+        "visual": {"format": "avfusion-features/1", "extractor": visual_stage.EXTRACTOR, "params": VISUAL_PARAMS,
+                   "precision": "float32", "weights_sha256": file_sha256(str(weights / "visual.pt"))},
+        "audio": {"format": "avfusion-features/1", "extractor": audio_stage.EXTRACTOR, "params": AUDIO_PARAMS,
+                  "precision": "fp32", "weights_sha256": file_sha256(str(weights / "audio.h5"))}}
+    fusion = {"type": "concat", "dim": 16, "hidden": 8, "dropout": 0.1}
+    model = build_model(fusion, 16, 512, 512)
+    save_fold(str(root / "models" / "fold-0"), model.state_dict(),
+              {"fold": 0, "fusion": fusion, "window": 16, "hop": 8, "dim_visual": 512, "dim_audio": 512,
+               "provenance": provenance})
+    return root
+
+
+def make_video(path, face: bool, sound: bool):
+    t = np.arange(FRAMES) / FPS
+    frames = [draw_face(SIZE, LOOK, 0.8 * np.sin(x), 0.5 + 0.4 * np.cos(x), (SIZE / 2, SIZE / 2)) if face
+              else Image.new("RGB", (SIZE, SIZE), (90, 120, 90)) for x in t]
+    rate = 16000
+    n = int(rate * FRAMES / FPS)
+    audio = (0.3 * np.sin(2 * np.pi * 220 * np.arange(n) / rate)).astype(np.float32) if sound else None
+    write_video(str(path), frames, audio, FPS, rate)
+    return str(path)
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        return next(reader), list(reader)
+
+
+@pytest.mark.parametrize("container,face,sound", [("mp4", True, True), ("mkv", False, False)])
+def test_one_row_per_decoded_frame(project, tmp_path, container, face, sound):
+    video = make_video(tmp_path / f"clip.{container}", face, sound)
+    out, png = tmp_path / "pred.csv", tmp_path / "pred.png"
+    assert main(["predict", video, "--out", str(out), "--model", str(project / "models"),
+                 "--plot", str(png), "--device", "cpu"]) == 0
+    header, rows = read_rows(out)
+    assert header == COLUMNS
+    assert len(rows) == FRAMES
+    assert [int(r[0]) for r in rows] == list(range(FRAMES))
+    np.testing.assert_allclose([float(r[1]) for r in rows], np.arange(FRAMES) / FPS, atol=1e-3)
+    values = np.array([[float(r[2]), float(r[3])] for r in rows])
+    assert np.isfinite(values).all() and np.abs(values).max() <= 1
+    faces, voices = np.array([int(r[4]) for r in rows]), np.array([int(r[5]) for r in rows])
+    assert set(faces) | set(voices) <= {0, 1}
+    assert faces.mean() > 0.8 if face else faces.sum() == 0
+    assert voices.mean() > 0.8 if sound else voices.sum() == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert sorted(os.listdir(tmp_path)) == sorted([f"clip.{container}", "pred.csv", "pred.png"])   # no temp files
+
+
+def test_weights_other_than_the_models_are_refused(project, tmp_path, capsys):
+    other = tmp_path / "weights"
+    other.mkdir()
+    make_visual("random", 1, str(other / "visual.pt"))
+    video = make_video(tmp_path / "clip.mp4", True, True)
+    out = tmp_path / "pred.csv"
+    assert main(["predict", video, "--out", str(out), "--model", str(project / "models" / "fold-0"),
+                 "--weights", str(other), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "visual.pt: not the visual weights the model was trained with" in err and "\n" not in err
+    assert not out.exists()
+
+
+def bad_files(tmp_path):
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.mp4"
+    text.write_text("these are my notes, not a video\n" * 20)
+    return {"missing": str(tmp_path / "missing.mp4"), "zero-byte": str(empty), "text": str(text)}
+
+
+@pytest.mark.parametrize("case", ["missing", "zero-byte", "text"])
+def test_bad_file_gives_one_line_naming_it_and_no_output(project, tmp_path, case):
+    video = bad_files(tmp_path)[case]
+    out = tmp_path / "pred.csv"
+    proc = subprocess.run([sys.executable, "-m", "stages.cli", "predict", video, "--out", str(out),
+                           "--model", str(project / "models")], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and video in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists() and not [f for f in os.listdir(tmp_path) if f.startswith(".pred")]
+
+
+def test_missing_model_is_one_line(tmp_path, capsys):
+    video = make_video(tmp_path / "clip.mp4", False, True)
+    assert main(["predict", video, "--out", str(tmp_path / "p.csv"), "--model", str(tmp_path / "nope")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "nope: model directory not found" in err
