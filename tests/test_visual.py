@@ -1,0 +1,185 @@
+"""Visual features on real encoded videos made here: drawn faces (MTCNN finds them), none, two, odd sizes."""
+from __future__ import annotations
+
+import os
+
+import av
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from stages import visual
+from stages.demo import draw_face
+from stages.faces import FaceTracker, FaceTrackEmbedder, random_state_dict
+from stages.media import frame_times
+from stages.store import FeatureReader
+
+SHARED_MEDIA = os.path.join("..", "shared", "media")
+LOOK = {"background": (40, 60, 80), "stripe": (60, 80, 100), "skin": (220, 170, 130), "face_w": 0.5, "face_h": 0.65}
+
+
+def face(size: int, eye_open: float = 0.8, dx: float = 0.0) -> Image.Image:
+    return draw_face(size, LOOK, valence=0.5, eye_open=eye_open, center=(size / 2 + dx, size / 2))
+
+
+def two_faces(left: int, right: int) -> Image.Image:
+    canvas = Image.new("RGB", (left + right, max(left, right)), LOOK["background"])
+    canvas.paste(face(left), (0, 0))
+    canvas.paste(face(right), (left, (max(left, right) - right) // 2))
+    return canvas
+
+
+def blank(width: int, height: int) -> Image.Image:
+    return Image.new("RGB", (width, height), LOOK["stripe"])
+
+
+def encode(path, frames: list[Image.Image], fps: int = 10) -> str:
+    """H.264 in 4:4:4, which (unlike 4:2:0) allows odd widths and heights."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height = frames[0].size
+        stream.pix_fmt = "yuv444p"
+        stream.options = {"crf": "18", "threads": "1"}
+        for img in frames:
+            out.mux(stream.encode(av.VideoFrame.from_image(img)))
+        out.mux(stream.encode())
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def embedder() -> FaceTrackEmbedder:
+    return FaceTrackEmbedder(random_state_dict(0), "cpu", batch_size=4, keep_pooled=True)
+
+
+def check_rows(rows: dict, n: int) -> None:
+    assert rows["embedding"].shape == (n, 512) and rows["pooled"].shape == (n, 1792)
+    assert rows["valid"].shape == rows["prob"].shape == rows["time"].shape == (n,) and rows["box"].shape == (n, 4)
+    assert np.all(np.diff(rows["time"]) > 0)
+    norms = np.linalg.norm(rows["embedding"], axis=1)
+    np.testing.assert_allclose(norms[rows["valid"]], 1, atol=1e-4)      # InceptionResnetV1 L2-normalises
+    assert not rows["embedding"][~rows["valid"]].any() and not rows["box"][~rows["valid"]].any()
+    assert not rows["prob"][~rows["valid"]].any() and np.all(rows["prob"][rows["valid"]] > 0.7)
+
+
+def test_face_found_in_most_frames_and_boxed(tmp_path, embedder):
+    frames = [face(192, eye_open=0.4 + 0.1 * i, dx=2 * i) for i in range(6)]
+    rows = embedder.embed_video(encode(tmp_path / "face.mp4", frames))
+    check_rows(rows, 6)
+    assert rows["valid"].sum() >= 5
+    centres = (rows["box"][rows["valid"], :2] + rows["box"][rows["valid"], 2:]) / 2
+    assert np.all(np.abs(centres - 96) < 30)      # the drawn face is centred in the frame
+    assert not np.allclose(rows["embedding"][rows["valid"]][0], rows["embedding"][rows["valid"]][-1])
+
+
+def test_no_face_gives_invalid_zero_rows(tmp_path, embedder):
+    rows = embedder.embed_video(encode(tmp_path / "empty.mp4", [blank(160, 120)] * 5))
+    check_rows(rows, 5)
+    assert not rows["valid"].any()
+
+
+def test_face_appearing_midway(tmp_path, embedder):
+    frames = [blank(192, 192)] * 3 + [face(192)] * 3
+    rows = embedder.embed_video(encode(tmp_path / "late.mp4", frames))
+    check_rows(rows, 6)
+    assert not rows["valid"][:3].any() and rows["valid"][3:].sum() >= 2
+
+
+def test_two_faces_left_right_and_largest(tmp_path, embedder):
+    path = encode(tmp_path / "two.mp4", [two_faces(192, 144)] * 3)
+    centre_x = {}
+    for person in ("", "left", "right"):
+        rows = embedder.embed_video(path, person)
+        check_rows(rows, 3)
+        assert rows["valid"].sum() >= 2, person
+        box = rows["box"][rows["valid"]]
+        centre_x[person] = (box[:, 0] + box[:, 2]) / 2
+    assert np.all(centre_x["left"] < 192) and np.all(centre_x["right"] > 192)
+    assert np.all(centre_x[""] < 192)                # the larger face
+
+
+@pytest.mark.parametrize("size", [(161, 97), (97, 161)])
+def test_odd_resolution_and_single_frame(tmp_path, embedder, size):
+    one = embedder.embed_video(encode(tmp_path / "one.mp4", [face(97).resize(size)]))
+    check_rows(one, 1)
+    few = embedder.embed_video(encode(tmp_path / "odd.mp4", [blank(*size), face(97).resize(size)] * 2))
+    check_rows(few, 4)
+
+
+def test_tracker_follows_overlap_then_reacquires():
+    big, small, other = np.array([[0, 0, 100, 100]], np.float32), [[10, 10, 40, 40]], [[300, 0, 500, 200]]
+    tracker = FaceTracker(640, 360)
+    assert tracker.update(np.array(small + other, np.float32)) == 1          # largest (and central enough)
+    assert tracker.update(np.array([[310, 5, 505, 205]] + [[0, 0, 390, 390]], np.float32)) == 0  # by overlap
+    assert tracker.update(np.zeros((0, 4), np.float32)) is None
+    for _ in range(9):                                                        # lost long enough: pick again
+        assert tracker.update(big) is None
+    assert tracker.update(big) == 0
+    with pytest.raises(ValueError):
+        FaceTracker(640, 360, "middle")
+
+
+def test_seeded_random_weights_are_deterministic():
+    a, b, c = random_state_dict(3), random_state_dict(3), random_state_dict(4)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["conv2d_1a.conv.weight"], c["conv2d_1a.conv.weight"])
+
+
+@pytest.mark.skipif(not os.path.isdir(SHARED_MEDIA), reason=f"{SHARED_MEDIA} is absent")
+def test_shared_media_row_per_decoded_frame(embedder):
+    path = os.path.join(SHARED_MEDIA, "mouth_crop_96px_16khz.mp4")   # a mouth close-up: no whole face
+    if not os.path.exists(path):
+        pytest.skip(f"{path} is absent")
+    rows = embedder.embed_video(path)
+    check_rows(rows, len(frame_times(path)))
+    np.testing.assert_array_equal(rows["time"], frame_times(path))
+
+
+def run_stage(root, monkeypatch, fail_on: str | None = None) -> None:
+    """The stage in `root`; with `fail_on`, it dies when that video comes up (a killed run)."""
+    monkeypatch.chdir(root)
+    if fail_on:
+        original = FaceTrackEmbedder.embed_video
+
+        def dying(self, path, person=""):
+            if fail_on in path:
+                raise KeyboardInterrupt
+            return original(self, path, person)
+        monkeypatch.setattr(FaceTrackEmbedder, "embed_video", dying)
+    try:
+        visual.main()
+    finally:
+        monkeypatch.undo()
+
+
+def test_resume_after_kill_is_byte_identical(tmp_path, monkeypatch):
+    media = tmp_path / "media"
+    media.mkdir()
+    videos = {"a": [face(128)] * 3, "b": [blank(128, 96)] * 2, "c": [two_faces(128, 96)] * 3}
+    paths = {name: encode(media / f"{name}.mp4", frames) for name, frames in videos.items()}
+    params = {"visual": {"weights": "random", "seed": 0, "detect_size": 640, "min_face": 20, "margin": 20,
+                         "batch_size": 2, "keep_pooled": False, "device": "cpu", "stores": 1, "workers": 1}}
+    for run in ("whole", "killed"):
+        root = tmp_path / run
+        (root / "data" / "weights").mkdir(parents=True)
+        torch.save(random_state_dict(0), root / "data" / "weights" / "visual.pt")
+        (root / "params.yaml").write_text(yaml.safe_dump(params))
+        rows = ["video_id,path,split,fps,frames,labels,label_frames,person"]
+        rows += [f"{name},{paths[name]},train,10,0,,0," for name in "ab"] + [f"c_left,{paths['c']},train,10,0,,0,left"]
+        (root / "data" / "manifest.csv").write_text("\n".join(rows) + "\n")
+    run_stage(tmp_path / "whole", monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(tmp_path / "killed", monkeypatch, fail_on="c.mp4")
+    assert FeatureReader(str(tmp_path / "killed" / visual.OUT_DIR)).videos == ["a", "b"]
+    run_stage(tmp_path / "killed", monkeypatch)
+
+    def files(run):
+        top = tmp_path / run / visual.OUT_DIR
+        return {str(p.relative_to(top)): p.read_bytes() for p in sorted(top.rglob("*")) if p.is_file()}
+    whole, resumed = files("whole"), files("killed")
+    assert whole.keys() == resumed.keys() and all(whole[k] == resumed[k] for k in whole)
+    reader = FeatureReader(str(tmp_path / "whole" / visual.OUT_DIR))
+    assert reader.videos == ["a", "b", "c_left"] and reader.length("a") == 3
+    assert reader.rows("a", columns=("valid",))["valid"].sum() >= 2
+    assert reader.provenance["extractor"] == visual.EXTRACTOR
