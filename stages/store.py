@@ -127,7 +127,11 @@ class VideoRows:
 
 
 class FeatureReader:
-    """Reads every committed video of every store in a directory (each process opens its own)."""
+    """Reads every committed video of every store in a directory (each process opens its own).
+
+    Arrays are opened once, and the small per-row columns (valid, frame, time, video: ~17 bytes a
+    row) are read into memory up front, so a random window costs one embedding read.
+    """
 
     def __init__(self, directory: str):
         paths = sorted(glob.glob(os.path.join(directory, "store-*.zarr")))
@@ -135,11 +139,15 @@ class FeatureReader:
             raise FileNotFoundError(f"{directory}: no feature stores (run the extraction stage first)")
         self.directory = directory
         self.groups = [zarr.open_group(p, mode="r") for p in paths]
+        self.arrays: list[dict[str, zarr.Array]] = [dict(g.arrays()) for g in self.groups]
         self.index: dict[str, tuple[int, int, int]] = {}   # id -> (store, start, stop)
+        self.in_memory: list[dict[str, np.ndarray]] = []
         for s, group in enumerate(self.groups):
             offsets = group.attrs["offsets"]
             for i, vid in enumerate(group.attrs["videos"]):
                 self.index[vid] = (s, offsets[i], offsets[i + 1])
+            # Only committed rows: a store being written may hold uncommitted ones past the end.
+            self.in_memory.append({c: self.arrays[s][c][:offsets[-1]] for c in BASE_COLUMNS})
 
     @property
     def videos(self) -> list[str]:
@@ -151,7 +159,7 @@ class FeatureReader:
 
     @property
     def dim(self) -> int:
-        return int(self.groups[0]["embedding"].shape[1])
+        return int(self.arrays[0]["embedding"].shape[1])
 
     def rows(self, video_id: str, columns=("embedding", "valid", "frame", "time"),
              start: int = 0, stop: int | None = None) -> VideoRows:
@@ -160,8 +168,9 @@ class FeatureReader:
             raise KeyError(f"{video_id}: not in the feature stores under {self.directory}")
         s, lo, hi = self.index[video_id]
         stop = hi - lo if stop is None else min(stop, hi - lo)
-        group = self.groups[s]
-        return VideoRows(video_id, {c: group[c][lo + start:lo + stop] for c in columns})
+        a, b = lo + start, lo + stop
+        memory, arrays = self.in_memory[s], self.arrays[s]
+        return VideoRows(video_id, {c: memory[c][a:b].copy() if c in memory else arrays[c][a:b] for c in columns})
 
     def length(self, video_id: str) -> int:
         _, lo, hi = self.index[video_id]
