@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import math
 import os
 import shutil
 
@@ -18,6 +19,7 @@ import matplotlib
 
 matplotlib.use("Agg")   # no display on servers and CI
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 import numpy as np
 
 from stages.metrics import INVALID
@@ -68,7 +70,7 @@ def plot_curves(videos: list, per_video: list[dict], png: str, data_dir: str) ->
     axes[0, 0].legend(loc="upper right", fontsize=8)
     for ax in axes[-1]:
         ax.set_xlabel("time (s)")
-    fig.suptitle("Test videos: predicted vs true (best, median, worst per-video CCC)")
+    fig.suptitle("Test videos, predicted vs true (picked from best to worst per-video CCC)")
     _save(fig, png)
 
 
@@ -142,16 +144,22 @@ def training_curves(train_dir: str) -> dict[str, dict[str, tuple[np.ndarray, np.
 
 def plot_training(train_dir: str, png: str) -> None:
     curves = training_curves(train_dir)
-    fig, axes = plt.subplots(1, max(len(curves), 1), figsize=(4.5 * max(len(curves), 1), 3.5), squeeze=False)
-    for ax, (metric, series) in zip(axes[0], sorted(curves.items())):
-        for label, (steps, values) in sorted(series.items()):
-            ax.plot(steps, values, lw=1.2, label=label)
+    order = sorted(curves, key=lambda metric: (metric != "loss", metric))   # loss first, then the CCCs
+    cols = min(max(len(order), 1), 2)
+    rows = max(math.ceil(len(order) / cols), 1)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 3.4 * rows), squeeze=False)
+    for ax, metric in zip(axes.flat, order):
+        for label, (steps, values) in sorted(curves[metric].items()):
+            ax.plot(steps, values, lw=1.2, marker="." if len(steps) < 20 else None, label=label)
         ax.set(title=metric, xlabel="epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(order):]:
+        ax.axis("off")
     if not curves:
         axes[0, 0].text(0.5, 0.5, f"no training curves under {train_dir}", ha="center",
                         transform=axes[0, 0].transAxes)
-    fig.suptitle("Training curves")
+    fig.suptitle("Training curves (train loss; validation CCC per epoch)")
     _save(fig, png)
 
 
@@ -171,6 +179,12 @@ def write_plots(results, per_video: list[dict], plot_videos: int, train_dir: str
     plot_training(train_dir, os.path.join(png_dir, "training.png"))
 
 
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """(first, last) index of each run of True."""
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1) - 1))
+
+
 def plot_prediction(time: np.ndarray, pred: np.ndarray, face: np.ndarray, audio: np.ndarray,
                     png: str, title: str) -> None:
     """`avfusion predict --plot`: the predicted curves, with the stretches lacking a face or a voice
@@ -179,8 +193,9 @@ def plot_prediction(time: np.ndarray, pred: np.ndarray, face: np.ndarray, audio:
     step = float(np.median(np.diff(time))) if len(time) > 1 else 0.04
     for present, colour, label in ((face, "tab:blue", "no face"), (audio, "tab:green", "no audio")):
         missing = ~np.asarray(present, bool)
-        ax.fill_between(time, -1.05, 1.05, where=missing, step="mid", alpha=0.12, color=colour,
-                        lw=0, label=f"{label} ({missing.mean():.0%} of frames)")
+        for k, (first, last) in enumerate(_runs(missing)):   # one span per run: single frames show too
+            ax.axvspan(time[first] - step / 2, time[last] + step / 2, alpha=0.15, color=colour, lw=0,
+                       label=f"{label} ({missing.mean():.0%} of frames)" if k == 0 else None)
     ax.plot(time, pred[:, 0], color="tab:red", lw=1.4, label="valence")
     ax.plot(time, pred[:, 1], color="tab:purple", lw=1.4, label="arousal")
     ax.axhline(0, color="0.8", lw=0.8, zorder=0)
