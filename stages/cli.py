@@ -5,20 +5,21 @@ import argparse
 import os
 import sys
 
+from stages.media import MediaError, probe
+
 DESCRIPTION = "Audio-visual valence/arousal prediction with models trained by the avfusion pipeline."
 
 
 def _predict(args: argparse.Namespace) -> None:
-    # Imported here: torch and the extractors take seconds to import, `avfusion --help` should not.
-    from stages.media import probe
-    from stages.plots import plot_prediction
-    from stages.predict import Predictor, write_atomically, write_csv
-
-    # Fail on a bad video or output path before the models load and the extraction runs, not after.
+    # Fail on a bad video or output path at once, before torch, the models and the extraction load.
     probe(args.video)
     for out in filter(None, (args.out, args.plot)):
         if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
             raise FileNotFoundError(f"{out}: its directory does not exist")
+    # Imported only now: torch and the extractors take seconds to load.
+    from stages.plots import plot_prediction
+    from stages.predict import Predictor, write_atomically, write_csv
+
     result = Predictor(args.model, args.weights, args.device).predict(
         args.video, args.smooth_valence, args.smooth_arousal)
     write_atomically(args.out, lambda tmp: write_csv(tmp, result))
@@ -53,15 +54,22 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from stages.media import MediaError
-    from stages.predict import PredictError
     try:
         args.run(args)
-    except (MediaError, PredictError, OSError) as exc:
-        # Bad input is the user's to fix: one line naming the file, no traceback.
-        print(f"avfusion {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+    except (MediaError, OSError) as exc:
+        return _fail(args, exc)
+    except Exception as exc:
+        from stages.predict import PredictError   # already loaded whenever one could be raised
+        if not isinstance(exc, PredictError):
+            raise
+        return _fail(args, exc)
     return 0
+
+
+def _fail(args: argparse.Namespace, exc: Exception) -> int:
+    """Bad input is the user's to fix: one line naming the file, no traceback."""
+    print(f"avfusion {args.command}: error: {exc}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

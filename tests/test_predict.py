@@ -19,7 +19,7 @@ from stages.train import save_fold
 from stages.weights import make_audio, make_visual
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FPS, FRAMES, SIZE = 10, 20, 160
+FPS, FRAMES, SIZE = 10, 12, 160
 LOOK = {"background": (40, 60, 80), "stripe": (60, 80, 100), "skin": (220, 170, 130), "face_w": 0.5, "face_h": 0.65}
 VISUAL_PARAMS = {"detect_size": 640, "min_face": 20, "margin": 20, "keep_pooled": False}
 AUDIO_PARAMS = {"input_repr": "mel128", "embedding_size": 512, "rate": 5, "silence_db": -60, "silence_window": 0.25}
