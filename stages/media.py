@@ -105,16 +105,18 @@ def read_audio(path: str, sample_rate: int) -> tuple[np.ndarray, float]:
             return np.zeros(0, dtype=np.float32), 0.0
         vstart = _stream_start(container.streams.video[0]) if container.streams.video else 0.0
         stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="fltp", layout="mono", rate=sample_rate)
+        # Resample in the track's own layout, then average the channels here: ffmpeg's downmix to
+        # mono weights channels by 1/sqrt(2), not the plain mean that OpenL3 uses.
+        resampler = av.AudioResampler(format="fltp", rate=sample_rate)
         chunks, first = [], None
         try:
             for frame in container.decode(stream):
                 if first is None and frame.pts is not None:
                     first = float(frame.pts * frame.time_base)
                 for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray()[0])
+                    chunks.append(out.to_ndarray().mean(axis=0))
             for out in resampler.resample(None):
-                chunks.append(out.to_ndarray()[0])
+                chunks.append(out.to_ndarray().mean(axis=0))
         except av.error.FFmpegError as exc:
             raise MediaError(f"{path}: corrupt or truncated audio ({exc})") from None
     samples = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
