@@ -20,12 +20,15 @@ import torch
 from tqdm import tqdm
 
 from stages import media, openl3
-from stages.buckets import WORKER_ENV, BucketError, Videos, local_device, remove_stale, run_buckets
+from stages.buckets import (WORKER_ENV, BucketError, Videos, check_on_error, distributed, local_device,
+                            remove_stale, run_buckets, skip_video, write_skip_report)
+from stages.media import MediaError
 from stages.params import load_params, resolve_device
 from stages.store import StoreWriter, file_sha256, store_path
 
 WEIGHTS = "data/weights/audio.h5"
 OUT_DIR = "data/features/audio"
+SKIP_REPORT = "reports/skipped_audio.json"   # videos passed over with on_error: skip
 MANIFEST = "data/manifest.csv"
 EXTRACTOR = "openl3-pytorch/1"
 OUTPUT_PARAMS = ("input_repr", "embedding_size", "rate", "silence_db", "silence_window")
@@ -121,16 +124,26 @@ def extract_store(bucket: int, videos: Videos) -> None:
               initial=done, total=len(videos), position=int(os.environ.get(WORKER_ENV, 0))) as bar:
         for video in bar:
             path = os.path.normpath(video["path"])
-            times, emb, valid = embed_rows(embedder, path, uses[path])
+            try:
+                times, emb, valid = embed_rows(embedder, path, uses[path])
+            except MediaError as exc:
+                if params.get("on_error", "fail") == "fail":
+                    raise
+                skip_video(writer, video, exc)
+                continue
             writer.append(video["video_id"], embedding=emb, valid=valid, frame=np.arange(len(times)), time=times)
             bar.set_postfix(windows_per_s=f"{embedder.windows / (time.perf_counter() - began):.1f}")
 
 
 def main() -> None:
     params = load_params("audio")
+    check_on_error(params.get("on_error", "fail"), "audio")
     os.makedirs(OUT_DIR, exist_ok=True)
     remove_stale(OUT_DIR, params["stores"])
     run_buckets(read_manifest(), params["stores"], extract_store, workers=params["workers"])
+    if distributed()[0] == 0:
+        for s in write_skip_report(OUT_DIR, params["stores"], SKIP_REPORT):
+            print(f"audio: skipped {s['problem']}")
     print(f"audio: {params['stores']} stores in {OUT_DIR} (torch threads {torch.get_num_threads()})")
 
 

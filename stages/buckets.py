@@ -20,6 +20,7 @@ extracted when an error escapes.
 from __future__ import annotations
 
 import glob
+import json
 import multiprocessing as mp
 import os
 import shutil
@@ -27,7 +28,11 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import timedelta
 
-from stages.store import bucket_of, store_path
+import numpy as np
+import zarr
+
+from stages.media import MediaError
+from stages.store import StoreWriter, bucket_of, store_path
 
 WORKER_ENV = "AVFUSION_WORKER"     # the slot (0..workers-1) of a pool process, for picking a GPU
 
@@ -105,12 +110,54 @@ def local_device(requested: str = "auto") -> str:
     return f"cuda:{int(slot) % torch.cuda.device_count()}"
 
 
+ON_ERROR = ("fail", "skip")
+
+
+def check_on_error(value: str, section: str) -> str:
+    if value not in ON_ERROR:
+        raise SystemExit(f"{section}.on_error must be 'fail' or 'skip', not {value!r}")
+    return value
+
+
+def skip_video(writer: StoreWriter, video: dict, error: MediaError) -> None:
+    """`on_error: skip`: commit the video with zero rows, its problem recorded in the store.
+
+    Committing it (instead of leaving a gap) keeps the store's plan a prefix, so a resumed run neither
+    retries it nor rebuilds the store, and stores stay byte-identical to an uninterrupted run. The
+    reason is written before the commit: a kill in between only repeats the same write.
+    """
+    skipped = dict(writer.group.attrs.get("skipped", {}))
+    skipped[video["video_id"]] = {"path": video["path"], "problem": str(error)}
+    writer.group.attrs["skipped"] = skipped
+    writer.append(video["video_id"], **{name: np.zeros((0, *tail), dtype)
+                                        for name, (tail, dtype) in writer.columns.items() if name != "video"})
+
+
+def write_skip_report(directory: str, stores: int, path: str) -> list[dict]:
+    """Gather the skipped videos of every store into one JSON report (written even when empty)."""
+    skipped = []
+    for b in range(stores):
+        if os.path.exists(store_path(directory, b)):
+            attrs = zarr.open_group(store_path(directory, b), mode="r").attrs
+            committed = set(attrs.get("videos", []))    # a kill may leave a reason without its commit
+            skipped += [{"video_id": vid, **info} for vid, info in attrs.get("skipped", {}).items()
+                        if vid in committed]
+    skipped.sort(key=lambda s: s["video_id"])
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"skipped": skipped}, f, indent=2)
+        f.write("\n")
+    return skipped
+
+
 def _run_one(extract_store: Callable, bucket: int, rows: list[dict], key: str) -> int:
     videos = Videos(rows, key)
     try:
         extract_store(bucket, videos)
     except BucketError:
         raise
+    except MediaError as exc:                # bad input, not a bug: its one line says it all
+        raise BucketError(bucket, videos.current, str(exc)) from exc
     except Exception as exc:                 # re-raised as a picklable error naming the video
         raise BucketError(bucket, videos.current,
                           f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}") from exc

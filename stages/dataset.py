@@ -7,22 +7,39 @@ Columns: video_id, path, split, fps, frames, labels, label_frames, person.
             are two people sharing one video (and its audio).
 - folder:   `<root>/<id>.<ext>` with `<root>/<id>.csv` (`valence,arousal` per frame); splits by a
             stable hash of the id.
-The annotation's row count is trusted over the container's frame count; differences are recorded
-(`label_frames` vs `frames`) and reported, not fatal.
+The annotation's row count is trusted over the container's frame count (DESIGN.md §3): a difference
+of up to `MAX_FRAME_DIFF` frames (or 1 %) is recorded (`label_frames` vs `frames`, and
+reports/dataset.json) and repaired downstream (stages/windows.py: frames past the labels are not used,
+label rows past the decoded frames get invalid, zero features). A larger difference means the label file
+belongs to another video and is an error: it would misalign every frame.
+
+Bad media (`MediaError`) stops the stage with one line, or with `data.on_error: skip` leaves the video
+out of the manifest and lists it in reports/dataset.json. Bad annotations always stop the stage.
 """
 from __future__ import annotations
 
 import csv
 import glob
+import json
 import os
+import sys
 import zlib
 
-from stages.annotations import check_video_id, inside, read_labels
-from stages.media import probe
+from stages.annotations import AnnotationError, check_video_id, inside, read_labels
+from stages.media import MediaError, probe
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv")
 COLUMNS = ["video_id", "path", "split", "fps", "frames", "labels", "label_frames", "person"]
 AFFWILD2_SPLITS = {"Train_Set": "train", "Validation_Set": "validation", "Test_Set": "test"}
+MAX_FRAME_DIFF = 2            # label rows vs declared frames, beyond 1 % of the frames
+REPORT = "reports/dataset.json"
+
+
+def check_frame_counts(trial: dict) -> None:
+    frames, rows = trial["frames"], trial["label_frames"]
+    if frames and abs(rows - frames) > max(MAX_FRAME_DIFF, 0.01 * frames):
+        raise AnnotationError(f"{trial['labels']}: {rows} label rows but {trial['path']} has {frames} frames "
+                              f"(more than {MAX_FRAME_DIFF} or 1 % apart: labels of another video?)")
 
 
 def demo_trials(root: str) -> list[dict]:
@@ -70,7 +87,9 @@ def folder_trials(root: str, validation: float, test: float) -> list[dict]:
     return trials
 
 
-def build_manifest(params: dict) -> list[dict]:
+def build_manifest(params: dict, skipped: list[dict] | None = None) -> list[dict]:
+    """Manifest rows sorted by id. With `on_error: skip`, unreadable videos are left out and appended
+    to `skipped` (video_id, path, problem); otherwise their MediaError propagates."""
     source, root = params["source"], params["root"]
     if source == "demo":
         trials = demo_trials(root)
@@ -86,17 +105,33 @@ def build_manifest(params: dict) -> list[dict]:
     ids = [t["video_id"] for t in trials]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{root}: duplicate video ids: {sorted({i for i in ids if ids.count(i) > 1})}")
-    probes = {}
+    skip = params.get("on_error", "fail") == "skip"
+    if params.get("on_error", "fail") not in ("fail", "skip"):
+        raise ValueError(f"data.on_error must be 'fail' or 'skip', not {params['on_error']!r}")
+    probes, kept = {}, []
     for t in trials:
-        info = probes.get(t["path"]) or probes.setdefault(t["path"], probe(t["path"]))
-        t.update(fps=round(info.fps, 4), frames=info.frames, label_frames=len(read_labels(t["labels"])))
-    return sorted(trials, key=lambda t: t["video_id"])
+        labels = read_labels(t["labels"])           # annotation errors are never skipped
+        try:
+            info = probes.get(t["path"]) or probes.setdefault(t["path"], probe(t["path"]))
+        except MediaError as exc:
+            if not skip:
+                raise
+            if skipped is not None:
+                skipped.append({"video_id": t["video_id"], "path": t["path"], "problem": str(exc)})
+            continue
+        t.update(fps=round(info.fps, 4), frames=info.frames, label_frames=len(labels))
+        check_frame_counts(t)
+        kept.append(t)
+    if not kept:
+        raise FileNotFoundError(f"{root}: every video was skipped as unreadable")
+    return sorted(kept, key=lambda t: t["video_id"])
 
 
 def main() -> None:
     from stages.params import load_params
 
-    rows = build_manifest(load_params("data"))
+    skipped: list[dict] = []
+    rows = build_manifest(load_params("data"), skipped)
     os.makedirs("data", exist_ok=True)
     with open("data/manifest.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
@@ -104,10 +139,21 @@ def main() -> None:
         writer.writerows({k: r[k] for k in COLUMNS} for r in rows)
     counts = {s: sum(r["split"] == s for r in rows) for s in ("train", "validation", "test")}
     mismatched = [r for r in rows if r["frames"] and r["frames"] != r["label_frames"]]
+    os.makedirs(os.path.dirname(REPORT), exist_ok=True)
+    with open(REPORT, "w") as f:
+        json.dump({"skipped": skipped,
+                   "label_rows_differ": [{"video_id": r["video_id"], "label_rows": r["label_frames"],
+                                          "frames": r["frames"]} for r in mismatched]}, f, indent=2)
+        f.write("\n")
     print(f"manifest: {len(rows)} videos {counts}; {len(mismatched)} with label rows != container frames")
     for r in mismatched[:20]:
         print(f"  {r['video_id']}: {r['label_frames']} label rows, {r['frames']} frames (labels trusted)")
+    for s in skipped:
+        print(f"  skipped {s['problem']}")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (MediaError, AnnotationError, FileNotFoundError, ValueError) as exc:   # bad input: one line
+        sys.exit(f"dataset: {exc}")

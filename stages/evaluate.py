@@ -228,4 +228,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from stages.train import CheckpointError
+    try:
+        main()
+    except CheckpointError as exc:   # an unsafe or unreadable model.pt: one line, no traceback
+        raise SystemExit(f"evaluate: {exc}") from None

@@ -36,7 +36,9 @@ def _open(path: str) -> av.container.InputContainer:
     try:
         return av.open(path)
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
-        raise MediaError(f"{path}: not a readable media file ({exc.__class__.__name__}: {exc})") from None
+        # e.g. an mp4 cut short loses its index (moov atom) at the end: ffmpeg only says "invalid data"
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise MediaError(f"{path}: cannot be opened as a video (truncated, corrupt or not a media file: {reason})") from None
 
 
 def _video_stream(container, path: str):
@@ -44,7 +46,8 @@ def _video_stream(container, path: str):
         raise MediaError(f"{path}: no video stream")
     stream = container.streams.video[0]
     if stream.codec_context is None or stream.codec_context.name is None:
-        raise MediaError(f"{path}: unsupported video codec")
+        tag = getattr(stream.codec_context, "codec_tag", "") if stream.codec_context is not None else ""
+        raise MediaError(f"{path}: unsupported video codec{f' (tag {tag!r})' if tag else ''}: no decoder in this ffmpeg")
     return stream
 
 
@@ -62,11 +65,38 @@ def _stream_start(stream) -> float:
     return float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
 
 
+def _declared_duration(stream) -> float | None:
+    """The video stream's own declared duration (mp4: stream header; mkv: the DURATION tag), if any."""
+    if stream.duration:
+        return float(stream.duration * stream.time_base)
+    tag = (stream.metadata or {}).get("DURATION")
+    try:
+        h, m, s = tag.split(":")
+        return int(h) * 3600 + int(m) * 60 + float(s)
+    except (AttributeError, ValueError):
+        return None
+
+
+def _check_complete(path: str, stream, decoded: int, end: float, period: float) -> None:
+    """A file cut short may decode without any error (mkv does): compare with what the header declares."""
+    if decoded == 0:
+        raise MediaError(f"{path}: no video frames could be decoded (empty or corrupt video stream)")
+    declared = _declared_duration(stream)
+    # Tolerance: containers and encoders disagree by a frame or two (edit lists, B-frame delay).
+    if declared and declared - end > max(2 * period, 0.05 * declared):
+        raise MediaError(f"{path}: truncated video: decoded {decoded} frames ({end:.2f} s) of "
+                         f"{declared:.2f} s declared")
+    if stream.frames and stream.frames - decoded > max(2, 0.05 * stream.frames):
+        raise MediaError(f"{path}: truncated video: decoded {decoded} of {stream.frames} declared frames")
+
+
 def decode_video(path: str) -> Iterator[tuple[float, "av.VideoFrame"]]:
     """Yield (time, frame) for every decoded frame, in presentation order.
 
     Times come from the frames' own timestamps (variable frame rate is honoured); a frame without
-    a timestamp gets the previous time plus one nominal frame period.
+    a timestamp gets the previous time plus one nominal frame period. A video that decodes no frame or
+    ends well before its declared length raises MediaError after the last frame, so callers that
+    write rows only once the generator is exhausted never store a truncated video.
     """
     with _open(path) as container:
         stream = _video_stream(container, path)
@@ -74,14 +104,16 @@ def decode_video(path: str) -> Iterator[tuple[float, "av.VideoFrame"]]:
         start = _stream_start(stream)
         rate = stream.average_rate or stream.guessed_rate
         period = 1.0 / float(rate) if rate else 0.04
-        last = start - period
+        last, decoded = start - period, 0
         try:
             for frame in container.decode(stream):
                 t = float(frame.pts * stream.time_base) if frame.pts is not None else last + period
-                last = t
+                last, decoded = t, decoded + 1
                 yield t - start, frame
         except av.error.FFmpegError as exc:
-            raise MediaError(f"{path}: corrupt or truncated video ({exc})") from None
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise MediaError(f"{path}: corrupt or truncated video after {decoded} frames ({reason})") from None
+        _check_complete(path, stream, decoded, last - start + period, period)
 
 
 def iter_frames(path: str) -> Iterator[tuple[float, np.ndarray]]:

@@ -18,6 +18,7 @@ import glob
 import json
 import math
 import os
+import pickle
 import shutil
 import time
 
@@ -151,12 +152,24 @@ def save_fold(directory: str, state: dict, config: dict) -> None:
         json.dump(config, f, indent=2)
 
 
+class CheckpointError(OSError):
+    """A model.pt that is not a plain state_dict (e.g. a pickle carrying code). An OSError, like a
+    missing file, so command-line entry points report it as one line."""
+
+
 def load_model(fold_dir: str, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
     """A trained fold's model (eval mode, on device) and its config.json."""
     with open(os.path.join(fold_dir, "config.json")) as f:
         config = json.load(f)
     model = build_model(config["fusion"], config["window"], config["dim_visual"], config["dim_audio"])
-    state = torch.load(os.path.join(fold_dir, "model.pt"), map_location=device, weights_only=True)
+    path = os.path.join(fold_dir, "model.pt")
+    try:   # weights_only: tensors and plain containers only; a pickle with code is never executed
+        state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's own message suggests weights_only=False: keep only its reason
+        reason = str(exc).split("WeightsUnpickler error:")[-1].strip().split("\n")[0] or type(exc).__name__
+        raise CheckpointError(f"{path}: refused to load: not a plain tensor checkpoint "
+                              f"(it may carry code; {reason})") from None
     model.load_state_dict(state)
     return model.to(device).eval(), config
 

@@ -18,13 +18,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from stages.buckets import WORKER_ENV, BucketError, Videos, local_device, remove_stale, run_buckets
+from stages.buckets import (WORKER_ENV, BucketError, Videos, check_on_error, distributed, local_device,
+                            remove_stale, run_buckets, skip_video, write_skip_report)
 from stages.faces import EMBEDDING_DIM, POOLED_DIM, FaceTrackEmbedder
+from stages.media import MediaError
 from stages.params import load_params
 from stages.store import StoreWriter, file_sha256, store_path
 
 WEIGHTS = "data/weights/visual.pt"
 OUT_DIR = "data/features/visual"
+SKIP_REPORT = "reports/skipped_visual.json"   # videos passed over with on_error: skip
 MANIFEST = "data/manifest.csv"
 EXTRACTOR = "facenet-mtcnn-inception-resnet-v1/1"
 # Params that change the stored values besides the weights (hashed instead); batch size, stores and
@@ -60,7 +63,13 @@ def extract_store(bucket: int, videos: Videos) -> None:
               initial=len(writer.committed), total=len(videos),
               position=int(os.environ.get(WORKER_ENV, 0))) as bar:
         for video in bar:
-            rows = embedder.embed_video(video["path"], video.get("person") or "")
+            try:
+                rows = embedder.embed_video(video["path"], video.get("person") or "")
+            except MediaError as exc:
+                if params.get("on_error", "fail") == "fail":
+                    raise
+                skip_video(writer, video, exc)
+                continue
             writer.append(video["video_id"], frame=np.arange(len(rows["time"])), **rows)
             frames += len(rows["time"])
             bar.set_postfix(frames_per_s=f"{frames / (time.perf_counter() - began):.1f}")
@@ -68,9 +77,13 @@ def extract_store(bucket: int, videos: Videos) -> None:
 
 def main() -> None:
     params = load_params("visual")
+    check_on_error(params.get("on_error", "fail"), "visual")
     os.makedirs(OUT_DIR, exist_ok=True)
     remove_stale(OUT_DIR, params["stores"])
     run_buckets(read_manifest(), params["stores"], extract_store, workers=params["workers"])
+    if distributed()[0] == 0:
+        for s in write_skip_report(OUT_DIR, params["stores"], SKIP_REPORT):
+            print(f"visual: skipped {s['problem']}")
     print(f"visual: {params['stores']} stores in {OUT_DIR} (torch threads {torch.get_num_threads()})")
 
 

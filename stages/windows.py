@@ -134,9 +134,17 @@ class Split:
 
 
 def load_split(entries: list[dict], visual_dir: str, audio_dir: str, device: str = "cpu") -> Split:
-    """entries: manifest rows (`video_id`, `labels`)."""
+    """entries: manifest rows (`video_id`, `labels`).
+
+    A video with no rows in either store was skipped as unreadable by the extraction stages
+    (`on_error: skip`, listed in reports/skipped_*.json): it is left out, not scored as featureless.
+    """
     visual, audio = FeatureReader(visual_dir), FeatureReader(audio_dir)
-    return Split([load_video(e["video_id"], e["labels"], visual, audio) for e in entries], device)
+    usable = [e for e in entries if visual.length(e["video_id"]) or audio.length(e["video_id"])]
+    for e in entries:
+        if e not in usable:
+            print(f"{e['video_id']}: no features (skipped by extraction), left out")
+    return Split([load_video(e["video_id"], e["labels"], visual, audio) for e in usable], device)
 
 
 def autocast(device: str):
