@@ -50,7 +50,7 @@ def encode(path, frames: list[Image.Image], fps: int = 10) -> str:
 
 @pytest.fixture(scope="module")
 def embedder() -> FaceTrackEmbedder:
-    return FaceTrackEmbedder(random_state_dict(0), "cpu", batch_size=4, keep_pooled=True)
+    return FaceTrackEmbedder(random_state_dict(0), "cpu", batch_size=32, keep_pooled=True)
 
 
 def check_rows(rows: dict, n: int) -> None:
