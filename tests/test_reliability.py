@@ -20,7 +20,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import REPO, dvc, make_pipeline_repo
+from conftest import REPO, dvc, run
 from stages import media
 from stages.annotations import write_labels
 from stages.demo import write_video
@@ -82,19 +82,27 @@ def test_one_frame_and_short_audio_are_valid_media(tmp_path):
 
 # --- bad media in the extraction stages, as real subprocesses -------------------------------------
 
-def stage_project(root, videos, on_error):
-    """A working directory for `python -m stages.visual|audio`: params, seeded weights, manifest."""
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """Seeded random weights of both extractors, made once for the module."""
     from stages.weights import make_audio, make_visual
+    d = tmp_path_factory.mktemp("weights")
+    make_visual("random", 0, str(d / "visual.pt"))
+    make_audio("random", 0, "mel128", 512, str(d / "audio.h5"))
+    return d
+
+
+def stage_project(root, weights, videos, on_error):
+    """A working directory for `python -m stages.visual|audio`: params, seeded weights, manifest."""
     with open(os.path.join(REPO, "params.yaml")) as f:
         params = yaml.safe_load(f)
     for section in ("visual", "audio"):
         params[section].update(stores=1, workers=1, device="cpu", on_error=on_error)
+    params["audio"].update(input_repr="mel128", embedding_size=512)
     os.makedirs(root / "data" / "weights", exist_ok=True)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    if not (root / "data" / "weights" / "visual.pt").exists():
-        make_visual("random", 0, str(root / "data" / "weights" / "visual.pt"))
-        make_audio("random", 0, params["audio"]["input_repr"], params["audio"]["embedding_size"],
-                   str(root / "data" / "weights" / "audio.h5"))
+    for name in ("visual.pt", "audio.h5"):
+        os.symlink(weights / name, root / "data" / "weights" / name)
     rows = [HEADER] + [f"{vid},{path},train,{FPS},0,,0," for vid, path in videos]
     (root / "data" / "manifest.csv").write_text("\n".join(rows) + "\n")
 
@@ -127,9 +135,9 @@ def extraction_media(tmp_path_factory, bad_media):
 
 
 @pytest.mark.parametrize("stage", ["visual", "audio"])
-def test_extraction_skip_records_bad_videos_and_keeps_good_rows(tmp_path, extraction_media, stage):
+def test_extraction_skip_records_bad_videos_and_keeps_good_rows(tmp_path, weights, extraction_media, stage):
     good, bad = extraction_media
-    stage_project(tmp_path, good + bad, "skip")
+    stage_project(tmp_path, weights, good + bad, "skip")
     proc = run_module(f"stages.{stage}", tmp_path)
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "reports" / f"skipped_{stage}.json").read_text())["skipped"]
@@ -141,15 +149,17 @@ def test_extraction_skip_records_bad_videos_and_keeps_good_rows(tmp_path, extrac
         valid = group["valid"][1:1 + FRAMES]
         # frames past the end of the audio (0.35 s) have no sound: invalid; the tone before is valid
         assert valid[:3].all() and not valid[5:].any()
-    again = run_module(f"stages.{stage}", tmp_path)          # resuming a finished store changes nothing
-    assert again.returncode == 0 and json.loads((tmp_path / "reports" / f"skipped_{stage}.json").read_text())["skipped"] == report
+        again = run_module(f"stages.{stage}", tmp_path)      # a finished store resumes to the same report
+        assert again.returncode == 0
+        assert json.loads((tmp_path / "reports" / "skipped_audio.json").read_text())["skipped"] == report
 
 
 @pytest.mark.parametrize("stage,case", [("visual", "truncated-mkv"), ("audio", "codec")])
-def test_extraction_fail_stops_with_one_line_and_no_half_written_video(tmp_path, extraction_media, stage, case):
+def test_extraction_fail_stops_with_one_line_and_no_half_written_video(tmp_path, weights, extraction_media,
+                                                                       stage, case):
     good, bad = extraction_media
     bad_path = dict(bad)[case]
-    stage_project(tmp_path, good + [(case, bad_path), ("after", good[0][1])], "fail")
+    stage_project(tmp_path, weights, good + [(case, bad_path), ("after", good[0][1])], "fail")
     proc = run_module(f"stages.{stage}", tmp_path)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr, proc.stderr
@@ -159,8 +169,8 @@ def test_extraction_fail_stops_with_one_line_and_no_half_written_video(tmp_path,
     assert rows == {"one": 1, "short": FRAMES}                 # the videos before it, nothing after
 
 
-def test_unknown_on_error_value_is_one_line(tmp_path, extraction_media):
-    stage_project(tmp_path, extraction_media[0], "ignore")
+def test_unknown_on_error_value_is_one_line(tmp_path, weights, extraction_media):
+    stage_project(tmp_path, weights, extraction_media[0], "ignore")
     proc = run_module("stages.audio", tmp_path)
     assert proc.returncode != 0 and proc.stderr.strip() == "audio.on_error must be 'fail' or 'skip', not 'ignore'"
 
@@ -264,14 +274,19 @@ def tree_digest(directory):
 
 def committed_file(repo, path):
     """`path` as the fixture committed it (other tests may run experiments in that workspace)."""
-    from conftest import run
     commit = run(["git", "log", "--format=%H", "--grep", "^extracted features$"], cwd=repo).stdout.split()[-1]
     return run(["git", "show", f"{commit}:{path}"], cwd=repo).stdout
 
 
 @pytest.mark.slow
 def test_two_fresh_clones_give_identical_stores_and_metrics(extracted_pipeline, tmp_path):
-    other = make_pipeline_repo(str(tmp_path / "b"))
+    # A git clone of the fixture at its first commit: the same code and params, no data, no DVC cache
+    # (cloning, not copying the working tree, which may change under a running session)
+    other = str(tmp_path / "b")
+    run(["git", "clone", "-q", extracted_pipeline, other], cwd=str(tmp_path))
+    first = run(["git", "rev-list", "--max-parents=0", "HEAD"], cwd=other).stdout.split()[0]
+    run(["git", "checkout", "-q", first], cwd=other)
+    assert not os.path.exists(os.path.join(other, "dvc.lock"))
     dvc("repro", cwd=other)
     for modality in ("visual", "audio"):
         a = tree_digest(os.path.join(extracted_pipeline, "data", "features", modality))
@@ -371,8 +386,9 @@ def fresh_readers(_):
     assert ds._readers is None       # nothing inherited from the parent: this worker opens its own
 
 
-def test_four_workers_read_random_windows_exactly(extracted_pipeline):
+def test_four_workers_read_random_windows_exactly(extracted_pipeline, monkeypatch):
     from stages.windows import WindowDataset, read_manifest
+    monkeypatch.chdir(extracted_pipeline)     # the manifest's label paths are relative to the project
     features = os.path.join(extracted_pipeline, "data", "features")
     entries = read_manifest(os.path.join(extracted_pipeline, "data", "manifest.csv"))
     args = (entries, os.path.join(features, "visual"), os.path.join(features, "audio"), 8, 1)

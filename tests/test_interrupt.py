@@ -1,0 +1,126 @@
+"""Issue 7: `kill -9` during `visual`, `audio` and `train` (real subprocesses in a copy of the extracted
+pipeline), then `dvc repro`: extraction resumes from the last committed video and ends byte-identical
+to the uninterrupted run, training restarts cleanly to the same model, and `dvc status` is clean.
+"""
+import glob
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from conftest import dvc, run, tool_env
+
+DEADLINE = 180     # seconds a stage may take to reach the point where it is killed
+
+
+def tree_digest(directory):
+    return {os.path.relpath(p, directory): hashlib.sha256(open(p, "rb").read()).hexdigest()
+            for p in sorted(glob.glob(os.path.join(directory, "**"), recursive=True)) if os.path.isfile(p)}
+
+
+@pytest.fixture
+def pipeline_copy(extracted_pipeline, tmp_path):
+    """A private copy of the session's extracted pipeline, reset to its committed, reproduced state."""
+    repo = str(tmp_path / "repo")
+    shutil.copytree(extracted_pipeline, repo, symlinks=True)
+    commit = run(["git", "log", "--format=%H", "--grep", "^extracted features$"], cwd=repo).stdout.split()[-1]
+    run(["git", "checkout", "-qf", commit], cwd=repo)     # other tests may have run experiments there
+    dvc("checkout", "--force", cwd=repo)
+    assert "up to date" in dvc("status", cwd=repo).stdout
+    return repo
+
+
+def start(repo, stage):
+    return subprocess.Popen([sys.executable, "-m", f"stages.{stage}"], cwd=repo, env=tool_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def kill_when(proc, ready, what):
+    """Poll `ready()` until it is true (waiting on the process itself between polls), then SIGKILL."""
+    deadline = time.monotonic() + DEADLINE
+    while not ready():
+        try:
+            proc.wait(timeout=0.05)
+        except subprocess.TimeoutExpired:
+            if time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"no {what} within {DEADLINE} s")
+            continue
+        pytest.fail(f"the stage ended (exit {proc.returncode}) before {what}:\n{proc.stderr.read()}")
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+
+
+def committed_videos(directory):
+    """Videos committed so far over all stores, read from the commit records (zarr.json attributes)."""
+    total = 0
+    for meta in glob.glob(os.path.join(directory, "store-*.zarr", "zarr.json")):
+        try:
+            with open(meta) as f:
+                total += len(json.load(f)["attributes"].get("videos", []))
+        except (OSError, ValueError, KeyError):   # being created: not committed yet
+            pass
+    return total
+
+
+def manifest_size(repo):
+    with open(os.path.join(repo, "data", "manifest.csv")) as f:
+        return sum(1 for _ in f) - 1
+
+
+@pytest.mark.slow
+def test_kill_during_extraction_resumes_byte_identical(pipeline_copy):
+    repo, videos = pipeline_copy, manifest_size(pipeline_copy)
+    features = {m: os.path.join(repo, "data", "features", m) for m in ("visual", "audio")}
+    reference = {m: tree_digest(d) for m, d in features.items()}
+    for modality, directory in features.items():
+        shutil.rmtree(directory)
+        proc = start(repo, modality)
+        kill_when(proc, lambda: committed_videos(directory) >= 1, f"committed {modality} video")
+        assert 1 <= committed_videos(directory) < videos     # killed part-way, with work left to resume
+    status = dvc("status", cwd=repo).stdout
+    assert "visual" in status and "audio" in status
+
+    again = dvc("repro", cwd=repo)
+    ran = {line.split("'")[1] for line in again.stdout.splitlines() if line.startswith("Running stage")}
+    assert ran == {"visual", "audio"}                    # identical stores: training is not re-run
+    assert "up to date" in dvc("status", cwd=repo).stdout
+    for modality, directory in features.items():
+        assert tree_digest(directory) == reference[modality], modality
+
+
+@pytest.mark.slow
+def test_kill_during_training_restarts_cleanly(pipeline_copy):
+    repo = pipeline_copy
+    reference = tree_digest(os.path.join(repo, "models"))
+    with open(os.path.join(repo, "reports", "metrics.json")) as f:
+        metrics = json.load(f)
+    # Kill a long run after its first epoch is logged, so the kill surely lands mid-training.
+    params_path = os.path.join(repo, "params.yaml")
+    original = open(params_path).read()
+    params = yaml.safe_load(original)
+    params["train"].update(epochs=1000, patience=1000)
+    with open(params_path, "w") as f:
+        yaml.safe_dump(params, f, sort_keys=False)
+    shutil.rmtree(os.path.join(repo, "reports", "train"))
+    proc = start(repo, "train")
+    kill_when(proc, lambda: any(len(open(p).read().splitlines()) >= 2 for p in glob.glob(
+        os.path.join(repo, "reports", "train", "plots", "metrics", "**", "*.tsv"), recursive=True)),
+        "logged epoch")
+    assert not glob.glob(os.path.join(repo, "models", "fold-*", "model.pt"))   # nothing half-saved left behind
+    with open(params_path, "w") as f:
+        f.write(original)
+
+    again = dvc("repro", cwd=repo)
+    assert "Running stage 'train'" in again.stdout and "Running stage 'visual'" not in again.stdout
+    assert "up to date" in dvc("status", cwd=repo).stdout
+    assert tree_digest(os.path.join(repo, "models")) == reference    # the same model as never interrupted
+    with open(os.path.join(repo, "reports", "metrics.json")) as f:
+        assert json.load(f) == metrics
