@@ -2,7 +2,8 @@
 appearance and sound follow known valence/arousal curves, with labels in the Aff-Wild2 format.
 
 Designed so the task is learnable through the real extractors but not trivial, and fusion helps:
-- valence shows mostly in the face (a large mouth shape: smile / frown), barely in the voice (timbre);
+- valence shows mostly in the face (a large mouth shape: smile / frown), barely in the voice (timbre:
+  with a stronger timbre cue, audio alone reached valence CCC 0.78 against 0.61 for the face);
 - arousal shows in both, each through its own noise: eye openness in the face; loudness, pitch and
   syllable rate in the voice;
 - some videos lose the face for a while (the person turns away) and some go silent, so each modality
@@ -73,7 +74,7 @@ def voice(rng: np.random.Generator, seconds: float, valence: np.ndarray, arousal
     v_voice = np.interp(t, frame_t, valence)
     f0 = 120 + 70 * a_voice + 8 * np.sin(2 * np.pi * 5 * t)
     phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
-    tilt = 1.6 - 0.5 * v_voice                   # brighter timbre when positive
+    tilt = 1.6 - 0.12 * v_voice                  # slightly brighter timbre when positive: a weak cue
     wave = sum(np.sin(k * phase) / k ** tilt for k in range(1, 12))
     syllables = 2.0 + 2.5 * (a_voice + 1) / 2
     envelope = (0.5 + 0.5 * np.sin(2 * np.pi * np.cumsum(syllables) / SAMPLE_RATE)) ** 2
