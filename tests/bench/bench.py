@@ -208,15 +208,17 @@ def bench_store_read(quick: bool, tmp: str) -> dict:
 def bench_extraction(quick: bool, tmp: str) -> dict:
     vp, ap = params("visual"), params("audio")
     device = "cpu"
-    frames = 16 if quick else None
+    # The whole 105-frame clip at < 1 frame/s on a shared 2-core machine would take minutes per rep.
+    frames = 8 if quick else 24
     reps = 1 if quick else 3
     info = probe(VIDEO_1080P)
-    inputs = {"1080p": VIDEO_1080P if frames is None else clip(VIDEO_1080P, os.path.join(tmp, "1080p.mp4"), frames=frames),
+    inputs = {"1080p": clip(VIDEO_1080P, os.path.join(tmp, "1080p.mp4"), frames=frames),
               "640p": clip(VIDEO_1080P, os.path.join(tmp, "640p.mp4"), 640, 360, frames)}
     embedder = FaceTrackEmbedder(random_state_dict(vp["seed"]), device, vp["detect_size"], vp["min_face"],
                                  vp["margin"], vp["batch_size"])
     out: dict = {"inputs": {"video": os.path.relpath(VIDEO_1080P, REPO), "source": f"{info.width}x{info.height}, "
-                            f"{info.fps:g} fps, {info.duration:.2f} s", "frames": frames or info.frames,
+                            f"{info.fps:g} fps, {info.duration:.2f} s", "frames": frames,
+                            "1080p": f"its first {frames} frames re-encoded (H.264 crf 18) at 1920x1080",
                             "640p": "the same frames re-encoded (H.264 crf 18) at 640x360",
                             "visual_params": {k: vp[k] for k in ("detect_size", "min_face", "margin", "batch_size")},
                             "weights": "seeded random (speed does not depend on the values)"},
@@ -248,7 +250,7 @@ def bench_extraction(quick: bool, tmp: str) -> dict:
     duration = float(times[-1] + 1 / info.fps)
     audio_embedder.embed_video(VIDEO_1080P, times)            # warm-up
     speed, windows = [], 0
-    for _ in range(reps + 2):
+    for _ in range(1 if quick else 5):
         before_windows = audio_embedder.windows
         seconds, _, _ = timed(audio_embedder.embed_video, VIDEO_1080P, times)
         windows = audio_embedder.windows - before_windows
@@ -262,11 +264,11 @@ def bench_extraction(quick: bool, tmp: str) -> dict:
     # Audio network GFLOP/s vs dense fp32 matmul GFLOP/s, alternating within each repetition.
     model = audio_embedder.model
     flop = network_flop(model)
-    n_windows = 8 if quick else 16
+    n_windows = 4 if quick else 8
     wave = np.random.default_rng(0).normal(0, 0.1, n_windows * openl3.SAMPLE_RATE // 10 + openl3.WINDOW)
     wave = wave.astype(np.float32)
     centres = np.arange(n_windows) * openl3.SAMPLE_RATE // 10 + openl3.WINDOW // 2
-    size = 2048 if quick else 4096
+    size = 1024 if quick else 2048
     a, b = torch.randn(size, size), torch.randn(size, size)
 
     def matmul():
@@ -277,7 +279,7 @@ def bench_extraction(quick: bool, tmp: str) -> dict:
 
     matmul(), network()
     mm, net = [], []
-    for rep in range(3 if quick else 7):
+    for rep in range(2 if quick else 5):
         for fn in ((matmul, network) if rep % 2 == 0 else (network, matmul)):
             seconds, _, _ = timed(fn)
             if fn is matmul:
@@ -355,7 +357,7 @@ def bench_training(quick: bool, tmp: str) -> dict:
     train, fusion, demo = params("train"), params("fusion"), params("demo")
     frames = int(demo["fps"] * demo["seconds"])
     split = synthetic_split(demo["videos"], frames, 512, 512)
-    steps, reps = (5, 3) if quick else (20, 5)
+    steps, reps = (2, 2) if quick else (6, 5)
     trainers = {t: Trainer(t, split, train, fusion) for t in FUSION_TYPES}
     for trainer in trainers.values():
         trainer.steps(2)                                       # warm-up
@@ -417,7 +419,9 @@ def make_project(root: str, videos: int, demo: dict) -> list[dict]:
         vp, ap = all_params["visual"], all_params["audio"]
         make_visual("random", vp["seed"], "data/weights/visual.pt")
         make_audio("random", ap["seed"], ap["input_repr"], ap["embedding_size"], "data/weights/audio.h5")
-    return rows
+    # The stages read manifest.csv (relative paths, run in `root`); the bench uses absolute ones.
+    return [{**row, "path": os.path.join(root, row["path"]), "labels": os.path.join(root, row["labels"])}
+            for row in rows]
 
 
 def extract_stage(root: str) -> dict:
@@ -425,21 +429,24 @@ def extract_stage(root: str) -> dict:
     import stages.audio
     import stages.visual
     with chdir(root):
-        visual_s, _, _ = timed(stages.visual.main)
-        audio_s, _, _ = timed(stages.audio.main)
-    return {"visual_s": visual_s, "audio_s": audio_s, "total_s": visual_s + audio_s}
+        visual_s, visual_cpu, _ = timed(stages.visual.main)
+        audio_s, audio_cpu, _ = timed(stages.audio.main)
+    return {"visual_s": visual_s, "audio_s": audio_s, "total_s": visual_s + audio_s,
+            "cpu_s": visual_cpu + audio_cpu}
 
 
-def epoch_stage(train_rows, val_rows, visual_dir, audio_dir, cached_splits=None) -> float:
+def epoch_on(splits: tuple[Split, Split]) -> None:
     """One epoch of the train stage's `train_fold` (model build, one pass over the training windows,
-    validation scoring) on features loaded from the stores, or on already loaded splits."""
+    validation scoring) on already loaded (train, validation) splits."""
     from stages.train import train_fold
     train_params = {**params("train"), "epochs": 1}
-    if cached_splits is None:
-        cached_splits = (load_split(train_rows, visual_dir, audio_dir), load_split(val_rows, visual_dir, audio_dir))
     with contextlib.redirect_stdout(open(os.devnull, "w")):
-        train_fold(0, *cached_splits, params("fusion"), train_params, "cpu", 0, 1, None)
-    return 0.0
+        train_fold(0, *splits, params("fusion"), train_params, "cpu", 0, 1, None)
+
+
+def epoch_from_stores(train_rows, val_rows, visual_dir, audio_dir) -> None:
+    """The same epoch, reading the splits from the feature stores first."""
+    epoch_on((load_split(train_rows, visual_dir, audio_dir), load_split(val_rows, visual_dir, audio_dir)))
 
 
 def recompute_epoch(rows: list[dict], root: str, visual: FaceTrackEmbedder, audio: AudioEmbedder) -> None:
@@ -459,7 +466,7 @@ def recompute_epoch(rows: list[dict], root: str, visual: FaceTrackEmbedder, audi
             fit = lambda x: x[:n] if len(x) >= n else np.concatenate([x, np.zeros((n - len(x), *x.shape[1:]), x.dtype)])  # noqa: E731
             videos[row["split"]].append(Video(row["video_id"], fit(v["embedding"]), fit(v["valid"]),
                                               fit(a_emb), fit(a_valid), labels))
-        epoch_stage(None, None, None, None, (Split(videos["train"]), Split(videos["validation"])))
+        epoch_on((Split(videos["train"]), Split(videos["validation"])))
 
 
 def linear_fit(xs, ys) -> dict:
@@ -473,8 +480,8 @@ def linear_fit(xs, ys) -> dict:
 
 def bench_pipeline(quick: bool, tmp: str) -> dict:
     demo_full = params("demo")
-    seconds = 4 if quick else demo_full["seconds"]
-    base = 1 if quick else 2
+    seconds = 2 if quick else 4
+    base = 1
     demo = {"seconds": seconds}
     scales = (1, 2, 4)
     out: dict = {"inputs": {"demo": {**demo_full, **demo, "videos": f"{base} x scale"}, "scales": list(scales),
@@ -493,6 +500,8 @@ def bench_pipeline(quick: bool, tmp: str) -> dict:
         projects[scale] = (root, rows)
     out["extraction"] = {str(k): v for k, v in extraction.items()}
     out["extraction_fit"] = linear_fit(list(scales), [extraction[s]["total_s"] for s in scales])
+    # CPU seconds of this process move less with other users' load than wall time does.
+    out["extraction_cpu_fit"] = linear_fit(list(scales), [extraction[s]["cpu_s"] for s in scales])
 
     # 1. cached vs recompute, on the 4x project (train + validation videos; test ones are not touched)
     root, rows = projects[scales[-1]]
@@ -507,26 +516,29 @@ def bench_pipeline(quick: bool, tmp: str) -> dict:
                                    vp["margin"], vp["batch_size"])
         audio = AudioEmbedder("data/weights/audio.h5", ap["input_repr"], ap["embedding_size"], ap["rate"], "cpu",
                               ap["batch_size"], ap["silence_db"], ap["silence_window"])
-    epoch_stage(None, None, None, None, splits)                 # warm-up
-    cached, cached_with_load, recompute = [], [], []
+    epoch_on(splits)                                            # warm-up
+    cached, cached_with_load, recompute, recompute_cpu = [], [], [], []
     recompute_reps = 1 if quick else 2
-    cached_reps = 3 if quick else 7
+    cached_reps = 2 if quick else 6
     out["recompute_load"] = []
     for rep in range(recompute_reps):                          # cached epochs bracket each recompute epoch
         for _ in range(cached_reps // (2 * recompute_reps) + 1):
-            cached.append(timed(epoch_stage, None, None, None, splits)[0])
-            cached_with_load.append(timed(epoch_stage, train_rows, val_rows, visual_dir, audio_dir)[0])
-        recompute.append(timed(recompute_epoch, rows, root, visual, audio)[0])
+            cached.append(timed(epoch_on, splits)[0])
+            cached_with_load.append(timed(epoch_from_stores, train_rows, val_rows, visual_dir, audio_dir)[0])
+        seconds, cpu_s, _ = timed(recompute_epoch, rows, root, visual, audio)
+        recompute.append(seconds)
+        recompute_cpu.append(cpu_s)
         out["recompute_load"].append(load())
         for _ in range(cached_reps // (2 * recompute_reps) + 1):
-            cached.append(timed(epoch_stage, None, None, None, splits)[0])
-            cached_with_load.append(timed(epoch_stage, train_rows, val_rows, visual_dir, audio_dir)[0])
+            cached.append(timed(epoch_on, splits)[0])
+            cached_with_load.append(timed(epoch_from_stores, train_rows, val_rows, visual_dir, audio_dir)[0])
     windows = len(splits[0].windows(params("train")["window"], params("train")["hop"]))
     out["cached_vs_recompute"] = {
         "videos": {"train": len(train_rows), "validation": len(val_rows)}, "train_windows": windows,
         "epoch": "train_fold(epochs=1): model build, one pass over the training windows, validation scoring",
         "cached_epoch_s": [r(x) for x in cached], "cached_epoch_with_store_load_s": [r(x) for x in cached_with_load],
-        "recompute_epoch_s": [r(x) for x in recompute], "store_load_s": r(load_s),
+        "recompute_epoch_s": [r(x) for x in recompute], "recompute_epoch_cpu_s": [r(x) for x in recompute_cpu],
+        "store_load_s": r(load_s),
         "median_cached_epoch_s": r(med(cached)), "median_cached_epoch_with_store_load_s": r(med(cached_with_load)),
         "median_recompute_epoch_s": r(med(recompute)),
         "speedup_including_store_load": r(med(recompute) / med(cached_with_load)),
@@ -535,26 +547,35 @@ def bench_pipeline(quick: bool, tmp: str) -> dict:
     # 5b. training time 1x / 2x / 4x: epochs on the same-shaped features of 1x, 2x, 4x the demo's size.
     train, fusion = params("train"), params("fusion")
     frames = int(demo_full["fps"] * demo_full["seconds"])
-    trainers = {s: Trainer("jca", synthetic_split(demo_full["videos"] * s, frames, 512, 512, seed=s), train, fusion)
+    unit = 6 if quick else demo_full["videos"]
+    trainers = {s: Trainer("jca", synthetic_split(unit * s, frames, 512, 512, seed=s), train, fusion)
                 for s in scales}
     for t in trainers.values():
         t.epoch()
-    epoch_s = {s: [] for s in scales}
-    for rep in range(3 if quick else 5):
+    epoch_s, epoch_cpu = {s: [] for s in scales}, {s: [] for s in scales}
+    for rep in range(2 if quick else 5):
         for s in (scales if rep % 2 == 0 else scales[::-1]):
-            epoch_s[s].append(timed(trainers[s].epoch)[0])
-    out["training"] = {"features": f"synthetic, {demo_full['videos']} x scale videos of {frames} frames "
-                                   "(the demo's full size), 512-d, jca",
+            seconds, cpu_s, _ = timed(trainers[s].epoch)
+            epoch_s[s].append(seconds)
+            epoch_cpu[s].append(cpu_s)
+    out["training"] = {"features": f"synthetic, {unit} x scale videos of {frames} frames "
+                                   "(the demo's video length), 512-d, jca",
                        "epoch_s": {str(s): [r(x) for x in v] for s, v in epoch_s.items()},
                        "median_epoch_s": {str(s): r(med(v)) for s, v in epoch_s.items()},
+                       "median_epoch_cpu_s": {str(s): r(med(v)) for s, v in epoch_cpu.items()},
                        "windows": {str(s): len(trainers[s].windows) for s in scales}}
     out["training_fit"] = linear_fit(list(scales), [med(epoch_s[s]) for s in scales])
+    out["training_cpu_fit"] = linear_fit(list(scales), [med(epoch_cpu[s]) for s in scales])
     out["load_after"] = load()
+    out["reps"] = (f"extraction 1 per scale; epochs: recompute {len(recompute)}, cached {len(cached)}; "
+                   f"scaling epochs {len(epoch_s[1])}")
     out["metrics"] = {
         "cached_vs_recompute_speedup": r(med(recompute) / med(cached)),
         "extraction_scaling_ratio_4x_over_1x": out["extraction_fit"]["ratio_4x_over_1x"],
         "extraction_seconds_per_video": r(out["extraction_fit"]["slope_s_per_unit"] / base),
+        "extraction_scaling_cpu_ratio_4x_over_1x": out["extraction_cpu_fit"]["ratio_4x_over_1x"],
         "training_scaling_ratio_4x_over_1x": out["training_fit"]["ratio_4x_over_1x"],
+        "training_scaling_cpu_ratio_4x_over_1x": out["training_cpu_fit"]["ratio_4x_over_1x"],
     }
     return out
 
@@ -562,7 +583,7 @@ def bench_pipeline(quick: bool, tmp: str) -> dict:
 # ---------------------------------------------------------------- 5c. store file count
 
 def bench_store_files(quick: bool, tmp: str) -> dict:
-    counts = (10, 50) if quick else (10, 100, 300)
+    counts = (10, 40) if quick else (10, 100, 300)
     stores = params("visual")["stores"]
     rng = np.random.default_rng(0)
     lengths = rng.integers(150, 451, max(counts))
@@ -584,7 +605,8 @@ def bench_store_files(quick: bool, tmp: str) -> dict:
                          "files": res["files"], "mb": round(res["bytes"] / 1e6, 1), "write_s": res["write_s"],
                          "source": "reports/store_scale.json (tests/bench/bench_store_scale.py)"})
     big = [row for row in rows if row["stores"] == stores]
-    return {"inputs": {"frames_per_video": "150-450", "dim": 512, "stores": stores}, "load_before": load(),
+    return {"inputs": {"frames_per_video": "150-450", "dim": 512, "stores": stores}, "reps": 1,
+            "load_before": load(),
             "rows": rows, "load_after": load(),
             "metrics": {"store_files_per_video_at_max": r(big[-1]["files"] / big[-1]["videos"]),
                         "store_files_at_max_videos": big[-1]["files"], "store_max_videos": big[-1]["videos"]}}
@@ -593,7 +615,7 @@ def bench_store_files(quick: bool, tmp: str) -> dict:
 # ---------------------------------------------------------------- report
 
 SECTIONS = {"store_read": bench_store_read, "extraction": bench_extraction, "training": bench_training,
-            "pipeline": bench_pipeline, "store_files": bench_store_files}
+            "store_files": bench_store_files, "pipeline": bench_pipeline}
 
 
 def machine() -> dict:
@@ -654,7 +676,11 @@ def markdown(report: dict) -> str:
         lines += ["", f"Linear fits: extraction {ef['slope_s_per_unit']} s per scale unit + {ef['intercept_s']} s "
                   f"(r² {ef['r2']}, 4×/1× = {ef['ratio_4x_over_1x']}); training {tf['slope_s_per_unit']} s per "
                   f"unit + {tf['intercept_s']} s (r² {tf['r2']}, 4×/1× = {tf['ratio_4x_over_1x']}). The "
-                  "intercept is the per-run fixed cost (loading the networks, hashing the weights, opening stores)."]
+                  "intercept is the per-run fixed cost (loading the networks, hashing the weights, opening stores). "
+                  f"In CPU seconds of the process (less sensitive to other users' load): extraction 4×/1× = "
+                  f"{pipe['extraction_cpu_fit']['ratio_4x_over_1x']} (r² {pipe['extraction_cpu_fit']['r2']}), "
+                  f"training 4×/1× = {pipe['training_cpu_fit']['ratio_4x_over_1x']} "
+                  f"(r² {pipe['training_cpu_fit']['r2']})."]
     files = report["sections"].get("store_files")
     if files:
         lines += ["", "## Feature-store files vs videos", "", "| videos | stores | files | MB | source |",
