@@ -298,7 +298,7 @@ def test_two_fresh_clones_give_identical_stores_and_metrics(extracted_pipeline, 
     with open(os.path.join(other, "dvc.lock")) as f:
         lock_b = yaml.safe_load(f)["stages"]
     for stage in ("dataset", "weights", "visual", "audio", "train"):   # models too: CPU runs are bit-identical
-        outs = [[o for o in lock[stage]["outs"] if not o["path"].startswith("reports/train")]   # timings
+        outs = [[o for o in lock[stage]["outs"] if not o["path"].startswith("reports/train")]   # has timings
                 for lock in (lock_a, lock_b)]
         assert outs[0] == outs[1], stage
 
