@@ -62,7 +62,7 @@ def merge_folds(fold_predictions: list[np.ndarray]) -> np.ndarray:
     """[n, 2] from k folds' [n, 2] predictions of one video: CCC centring per dimension when k > 1."""
     if len(fold_predictions) == 1:
         return np.asarray(fold_predictions[0], dtype=np.float64)
-    return np.stack([ccc_centring([p[:, d] for p in fold_predictions]) for d in range(2)], axis=1)
+    return np.stack([ccc_centring([p[:, d] for p in fold_predictions], clip=False) for d in range(2)], axis=1)
 
 
 def postprocess(pred: np.ndarray, clip: bool, smooth_valence: int, smooth_arousal: int) -> np.ndarray:

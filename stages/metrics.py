@@ -56,20 +56,27 @@ def masked_ccc_loss(pred: torch.Tensor, true: torch.Tensor, mask: torch.Tensor) 
     return (1 - ccc_per_dim).mean()
 
 
-def ccc_centring(predictions: list[np.ndarray]) -> np.ndarray:
+def ccc_centring(predictions: list[np.ndarray], clip: bool = True) -> np.ndarray:
     """Merge k folds' predictions of one video for one dimension (LFAN, DESIGN.md §7).
 
     With P_i fold i's prediction, a_i = mean over j != i of CCC(P_i, P_j), m_i = mean_t P_i(t),
-    w = sum a_i m_i / sum a_i; fused(t) = mean_i P_i(t) - mean_i m_i + w, clipped to [-1, 1].
+    w = sum a_i m_i / sum a_i; fused(t) = mean_i P_i(t) - mean_i m_i + w, then clipped to [-1, 1]
+    unless `clip` is false (the caller post-processes, e.g. smooths first).
     """
     preds = np.stack([np.asarray(p, dtype=np.float64) for p in predictions])
-    k = len(preds)
     means = preds.mean(axis=1)
-    if k == 1:
-        return np.clip(preds[0], -1, 1)
+    if len(preds) == 1:
+        fused = preds[0]
+    else:
+        fused = preds.mean(axis=0) - means.mean() + _agreement_weighted_mean(preds, means)
+    return np.clip(fused, -1, 1) if clip else fused
+
+
+def _agreement_weighted_mean(preds: np.ndarray, means: np.ndarray) -> float:
+    """w = sum a_i m_i / sum a_i, with a_i fold i's mean CCC with the other folds."""
+    k = len(preds)
     agreement = np.array([np.nanmean([ccc(preds[i], preds[j]) for j in range(k) if j != i])
                           for i in range(k)])
     agreement = np.nan_to_num(agreement, nan=0.0)
     # When no fold agrees with another (constant or anti-correlated), fall back to the plain mean.
-    w = (agreement * means).sum() / agreement.sum() if agreement.sum() > 0 else means.mean()
-    return np.clip(preds.mean(axis=0) - means.mean() + w, -1, 1)
+    return (agreement * means).sum() / agreement.sum() if agreement.sum() > 0 else means.mean()
