@@ -24,11 +24,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import zarr
-from zarr.codecs import ZstdCodec
+from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
 
-FORMAT = "avfusion-features/1"
+FORMAT = "avfusion-features/2"   # 2: embeddings stored uncompressed (memory-mapped reads)
 ROWS_PER_CHUNK = 256          # a 300-frame window reads 2-3 chunks per array
 ROWS_PER_SHARD = 16384        # ~32 MB of 512-d float32 per shard file
+ABSENT = 2**64 - 1            # shard index entry of a chunk never written (all fill value)
 BASE_COLUMNS = {"valid": ((), "bool"), "frame": ((), "int32"), "time": ((), "float64"),
                 "video": ((), "int32")}
 
@@ -77,7 +78,9 @@ class StoreWriter:
                     name, shape=(0, *tail), dtype=dtype, fill_value=0,
                     chunks=(ROWS_PER_CHUNK if tail else 4096, *tail),
                     shards=(ROWS_PER_SHARD if tail else 1 << 20, *tail),
-                    compressors=ZstdCodec(level=3))
+                    # Embeddings barely compress (5.9 -> 5.3 MB on the demo) and raw chunks can be
+                    # memory-mapped (RawShardReader); the small columns compress well.
+                    compressors=None if tail else ZstdCodec(level=3))
             self.group.attrs.update({"provenance": provenance, "videos": [], "offsets": [0]})
 
     def _resumable(self, provenance: dict, plan: list[str]) -> bool:
@@ -126,6 +129,59 @@ class VideoRows:
         return self.columns[name]
 
 
+class RawShardReader:
+    """Rows of an uncompressed, sharded `[N, D]` Zarr array, read straight from memory-mapped shards.
+
+    zarr's own read path costs ~3 ms per call whatever the size; a window read here is a memory copy,
+    like a numpy memmap (`zarr_vs_memmap_read_ratio` in reports/bench.md). The layout is zarr v3's
+    sharding codec: raw little-endian chunks, then an index of (offset, nbytes) per chunk and its
+    CRC32C at the end of the shard file; absent chunks (all fill value) read as zeros.
+    """
+
+    def __init__(self, array: zarr.Array, directory: str):
+        self.rows_per_chunk, self.dim = array.chunks
+        self.chunks_per_shard = array.shards[0] // self.rows_per_chunk
+        self.dtype = np.dtype(array.dtype).newbyteorder("<")
+        self.fill = array.fill_value
+        self.directory = directory
+        self.chunk_key = array.metadata.chunk_key_encoding.encode_chunk_key
+        self.shards: dict[int, tuple[np.memmap, np.ndarray] | None] = {}
+
+    @staticmethod
+    def supports(array: zarr.Array) -> bool:
+        codecs = array.metadata.codecs
+        return (array.ndim == 2 and len(codecs) == 1 and isinstance(codecs[0], ShardingCodec)
+                and codecs[0].index_location.value == "end"
+                and [type(c) for c in codecs[0].codecs] == [BytesCodec]
+                and [type(c) for c in codecs[0].index_codecs] == [BytesCodec, Crc32cCodec])
+
+    def _shard(self, s: int):
+        if s not in self.shards:
+            path = os.path.join(self.directory, self.chunk_key((s, 0)))
+            if not os.path.exists(path):
+                self.shards[s] = None
+            else:
+                data = np.memmap(path, dtype=np.uint8, mode="r")
+                index_bytes = 16 * self.chunks_per_shard
+                index = np.frombuffer(data[-index_bytes - 4:-4], "<u8").reshape(-1, 2)
+                self.shards[s] = (data, index)
+        return self.shards[s]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        out = np.full((stop - start, self.dim), self.fill, dtype=self.dtype.newbyteorder("="))
+        rpc = self.rows_per_chunk
+        for c in range(start // rpc, (stop - 1) // rpc + 1 if stop > start else 0):
+            s, i = divmod(c, self.chunks_per_shard)
+            shard = self._shard(s)
+            if shard is None or shard[1][i, 0] == ABSENT:
+                continue
+            chunk = np.frombuffer(shard[0], self.dtype, count=rpc * self.dim,
+                                  offset=int(shard[1][i, 0])).reshape(rpc, self.dim)
+            lo, hi = max(start, c * rpc), min(stop, (c + 1) * rpc)
+            out[lo - start:hi - start] = chunk[lo - c * rpc:hi - c * rpc]
+        return out
+
+
 class FeatureReader:
     """Reads every committed video of every store in a directory (each process opens its own).
 
@@ -148,6 +204,9 @@ class FeatureReader:
                 self.index[vid] = (s, offsets[i], offsets[i + 1])
             # Only committed rows: a store being written may hold uncommitted ones past the end.
             self.in_memory.append({c: self.arrays[s][c][:offsets[-1]] for c in BASE_COLUMNS})
+        self.raw = [{name: RawShardReader(array, os.path.join(paths[s], name))
+                     for name, array in arrays.items() if RawShardReader.supports(array)}
+                    for s, arrays in enumerate(self.arrays)]
 
     @property
     def videos(self) -> list[str]:
@@ -169,8 +228,9 @@ class FeatureReader:
         s, lo, hi = self.index[video_id]
         stop = hi - lo if stop is None else min(stop, hi - lo)
         a, b = lo + start, lo + stop
-        memory, arrays = self.in_memory[s], self.arrays[s]
-        return VideoRows(video_id, {c: memory[c][a:b].copy() if c in memory else arrays[c][a:b] for c in columns})
+        memory, raw, arrays = self.in_memory[s], self.raw[s], self.arrays[s]
+        return VideoRows(video_id, {c: memory[c][a:b].copy() if c in memory else
+                                    raw[c].read(a, b) if c in raw else arrays[c][a:b] for c in columns})
 
     def length(self, video_id: str) -> int:
         _, lo, hi = self.index[video_id]

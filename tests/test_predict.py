@@ -14,7 +14,7 @@ from stages.cli import main
 from stages.demo import draw_face, write_video
 from stages.fusion import build_model
 from stages.predict import COLUMNS
-from stages.store import file_sha256
+from stages.store import FORMAT, file_sha256
 from stages.train import save_fold
 from stages.weights import make_audio, make_visual
 
@@ -34,9 +34,9 @@ def project(tmp_path_factory):
     make_visual("random", 0, str(weights / "visual.pt"))
     make_audio("random", 0, "mel128", 512, str(weights / "audio.h5"))
     provenance = {
-        "visual": {"format": "avfusion-features/1", "extractor": visual_stage.EXTRACTOR, "params": VISUAL_PARAMS,
+        "visual": {"format": FORMAT, "extractor": visual_stage.EXTRACTOR, "params": VISUAL_PARAMS,
                    "precision": "float32", "weights_sha256": file_sha256(str(weights / "visual.pt"))},
-        "audio": {"format": "avfusion-features/1", "extractor": audio_stage.EXTRACTOR, "params": AUDIO_PARAMS,
+        "audio": {"format": FORMAT, "extractor": audio_stage.EXTRACTOR, "params": AUDIO_PARAMS,
                   "precision": "fp32", "weights_sha256": file_sha256(str(weights / "audio.h5"))}}
     fusion = {"type": "concat", "dim": 16, "hidden": 8, "dropout": 0.1}
     model = build_model(fusion, 16, 512, 512)

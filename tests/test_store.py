@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import zarr
 
-from stages.store import FeatureReader, StoreWriter, bucket_of, store_path
+from stages.store import FORMAT, FeatureReader, StoreWriter, bucket_of, store_path
 
 PLAN = ["v0", "v1", "v2"]
 
@@ -40,7 +40,7 @@ def test_round_trip_rows_and_metadata(tmp_path):
     reader = FeatureReader(str(tmp_path))
     assert reader.videos == PLAN
     assert reader.dim == 8
-    assert reader.provenance == {"format": "avfusion-features/1", "extractor": "test"}
+    assert reader.provenance == {"format": FORMAT, "extractor": "test"}
     for i, vid in enumerate(PLAN):
         expected = video_rows(i)
         rows = reader.rows(vid, columns=("embedding", "valid", "frame", "time", "box", "video"))
@@ -123,3 +123,27 @@ def test_few_files_for_many_videos(tmp_path):
 def test_bucket_is_stable():
     assert bucket_of("video-7", 4) == bucket_of("video-7", 4)
     assert {bucket_of(f"v{i}", 4) for i in range(100)} == {0, 1, 2, 3}
+
+
+def test_memory_mapped_reads_match_zarr(tmp_path):
+    """The raw shard reader must agree with zarr itself: partial chunks, absent (all-zero) chunks, shard edges."""
+    from stages import store
+    path = store_path(str(tmp_path), 0)
+    plan = [f"v{i}" for i in range(6)]
+    writer = StoreWriter(path, 8, {}, plan)
+    rng = np.random.default_rng(0)
+    for i, vid in enumerate(plan):
+        n = [1, 700, 300, 5000, 17000, 40][i]        # crosses chunk (256) and shard (16384) boundaries
+        emb = rng.normal(size=(n, 8)).astype(np.float32)
+        if i == 3:
+            emb[:600] = 0                             # whole chunks of fill value are never written
+        writer.append(vid, embedding=emb, valid=np.ones(n, bool), frame=np.arange(n), time=np.arange(n) / 25)
+    reader = FeatureReader(str(tmp_path))
+    assert "embedding" in reader.raw[0]
+    group = zarr.open_group(path, mode="r")
+    for vid in plan:
+        _, lo, hi = reader.index[vid]
+        for a, b in [(0, hi - lo), (0, min(1, hi - lo)), ((hi - lo) // 3, (hi - lo) // 2 + 1)]:
+            np.testing.assert_array_equal(reader.rows(vid, columns=("embedding",), start=a, stop=b)["embedding"],
+                                          group["embedding"][lo + a:lo + b])
+    assert store.RawShardReader.supports(group["embedding"]) and not store.RawShardReader.supports(group["valid"])
