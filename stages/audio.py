@@ -8,20 +8,17 @@ audio stream, silent frames and frames past the end of the audio get a zero vect
 """
 from __future__ import annotations
 
-import csv
 import os
-import sys
 import time
 from collections import Counter
 
 import av
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from stages import media, openl3
-from stages.buckets import (WORKER_ENV, BucketError, Videos, check_on_error, distributed, local_device,
-                            remove_stale, run_buckets, skip_video, write_skip_report)
+from stages.buckets import (WORKER_ENV, Videos, local_device, read_manifest, run_extraction_stage,
+                            skip_video)
 from stages.media import MediaError
 from stages.params import load_params, resolve_device
 from stages.store import StoreWriter, file_sha256, store_path
@@ -29,7 +26,6 @@ from stages.store import StoreWriter, file_sha256, store_path
 WEIGHTS = "data/weights/audio.h5"
 OUT_DIR = "data/features/audio"
 SKIP_REPORT = "reports/skipped_audio.json"   # videos passed over with on_error: skip
-MANIFEST = "data/manifest.csv"
 EXTRACTOR = "openl3-pytorch/1"
 OUTPUT_PARAMS = ("input_repr", "embedding_size", "rate", "silence_db", "silence_window")
 
@@ -87,11 +83,6 @@ class AudioEmbedder:
         return emb, valid
 
 
-def read_manifest(path: str = MANIFEST) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 # Audio tracks that several manifest rows share (Aff-Wild2 `_left`/`_right`): computed once per process
 # and kept, with the count of their rows still to write, until the last of those rows went through here.
 _shared: dict[str, tuple[tuple, int]] = {}
@@ -136,19 +127,8 @@ def extract_store(bucket: int, videos: Videos) -> None:
 
 
 def main() -> None:
-    params = load_params("audio")
-    check_on_error(params.get("on_error", "fail"), "audio")
-    os.makedirs(OUT_DIR, exist_ok=True)
-    remove_stale(OUT_DIR, params["stores"])
-    run_buckets(read_manifest(), params["stores"], extract_store, workers=params["workers"])
-    if distributed()[0] == 0:
-        for s in write_skip_report(OUT_DIR, params["stores"], SKIP_REPORT):
-            print(f"audio: skipped {s['problem']}")
-    print(f"audio: {params['stores']} stores in {OUT_DIR} (torch threads {torch.get_num_threads()})")
+    run_extraction_stage("audio", load_params("audio"), OUT_DIR, SKIP_REPORT, extract_store)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except BucketError as exc:
-        sys.exit(f"audio: {exc}")
+    main()

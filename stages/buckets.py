@@ -19,11 +19,13 @@ extracted when an error escapes.
 """
 from __future__ import annotations
 
+import csv
 import glob
 import json
 import multiprocessing as mp
 import os
 import shutil
+import sys
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import timedelta
@@ -35,6 +37,7 @@ from stages.media import MediaError
 from stages.store import StoreWriter, bucket_of, store_path
 
 WORKER_ENV = "AVFUSION_WORKER"     # the slot (0..workers-1) of a pool process, for picking a GPU
+MANIFEST = "data/manifest.csv"
 
 
 class BucketError(RuntimeError):
@@ -111,6 +114,11 @@ def local_device(requested: str = "auto") -> str:
 
 
 ON_ERROR = ("fail", "skip")
+
+
+def read_manifest(path: str = MANIFEST) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def check_on_error(value: str, section: str) -> str:
@@ -227,3 +235,23 @@ def run_buckets(rows: list[dict], stores: int, extract_store: Callable, workers:
     finally:
         if own_group:
             dist.destroy_process_group()
+
+
+def run_extraction_stage(stage: str, params: dict, out_dir: str, skip_report: str,
+                         extract_store: Callable) -> None:
+    """The `main` of an extraction stage: every store of the manifest, then the report of skipped videos.
+
+    Bad input (a `MediaError` under `on_error: fail`) ends the process with its one line, no traceback.
+    """
+    import torch
+    check_on_error(params.get("on_error", "fail"), stage)
+    os.makedirs(out_dir, exist_ok=True)
+    remove_stale(out_dir, params["stores"])
+    try:
+        run_buckets(read_manifest(), params["stores"], extract_store, workers=params["workers"])
+    except BucketError as exc:
+        sys.exit(f"{stage}: {exc}")
+    if distributed()[0] == 0:
+        for s in write_skip_report(out_dir, params["stores"], skip_report):
+            print(f"{stage}: skipped {s['problem']}")
+    print(f"{stage}: {params['stores']} stores in {out_dir} (torch threads {torch.get_num_threads()})")

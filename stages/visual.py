@@ -9,17 +9,13 @@ written by one process and resumes after its last committed video (DESIGN.md §5
 """
 from __future__ import annotations
 
-import csv
 import os
-import sys
 import time
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from stages.buckets import (WORKER_ENV, BucketError, Videos, check_on_error, distributed, local_device,
-                            remove_stale, run_buckets, skip_video, write_skip_report)
+from stages.buckets import WORKER_ENV, Videos, local_device, run_extraction_stage, skip_video
 from stages.faces import EMBEDDING_DIM, POOLED_DIM, FaceTrackEmbedder
 from stages.media import MediaError
 from stages.params import load_params
@@ -28,16 +24,10 @@ from stages.store import StoreWriter, file_sha256, store_path
 WEIGHTS = "data/weights/visual.pt"
 OUT_DIR = "data/features/visual"
 SKIP_REPORT = "reports/skipped_visual.json"   # videos passed over with on_error: skip
-MANIFEST = "data/manifest.csv"
 EXTRACTOR = "facenet-mtcnn-inception-resnet-v1/1"
 # Params that change the stored values besides the weights (hashed instead); batch size, stores and
 # workers only change speed or layout.
 OUTPUT_PARAMS = ("detect_size", "min_face", "margin", "keep_pooled")
-
-
-def read_manifest(path: str = MANIFEST) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def make_embedder(params: dict, device: str) -> FaceTrackEmbedder:
@@ -76,19 +66,8 @@ def extract_store(bucket: int, videos: Videos) -> None:
 
 
 def main() -> None:
-    params = load_params("visual")
-    check_on_error(params.get("on_error", "fail"), "visual")
-    os.makedirs(OUT_DIR, exist_ok=True)
-    remove_stale(OUT_DIR, params["stores"])
-    run_buckets(read_manifest(), params["stores"], extract_store, workers=params["workers"])
-    if distributed()[0] == 0:
-        for s in write_skip_report(OUT_DIR, params["stores"], SKIP_REPORT):
-            print(f"visual: skipped {s['problem']}")
-    print(f"visual: {params['stores']} stores in {OUT_DIR} (torch threads {torch.get_num_threads()})")
+    run_extraction_stage("visual", load_params("visual"), OUT_DIR, SKIP_REPORT, extract_store)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except BucketError as exc:
-        sys.exit(f"visual: {exc}")
+    main()

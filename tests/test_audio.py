@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from stages import audio, media, openl3
+from stages.buckets import MANIFEST
 from stages.store import FeatureReader
 
 FPS, SECONDS, SR = 10, 3, 16000
@@ -61,7 +62,7 @@ def make_project(root, videos, weights, **params):
     os.makedirs(root / "data" / "weights", exist_ok=True)
     (root / "params.yaml").write_text(yaml.safe_dump({"audio": {**PARAMS, **params}}))
     shutil.copy(weights, root / audio.WEIGHTS)
-    with open(root / audio.MANIFEST, "w", newline="") as f:
+    with open(root / MANIFEST, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["video_id", "path", "split", "fps", "frames", "labels", "label_frames", "person"])
         for vid, path in videos:
