@@ -42,9 +42,9 @@ REPORTS = "reports/train"
 def fold_entries(manifest: list[dict], folds: int) -> list[tuple[list[dict], list[dict]]]:
     """(train, validation) manifest rows per fold.
 
-    Fold 0 is the official split. Fold i > 0 holds out the i-th block of as many people as the
-    official validation set has, taken from the people of validation then train (wrapping around),
-    so one person's videos never sit on both sides.
+    Fold 0 is the official split. Fold i > 0 holds out the i-th block of as many video files as the
+    official validation set has, taken from validation then train (wrapping around). Trials that share
+    a file (Aff-Wild2 `_left` / `_right`) stay on one side: they share the audio.
     """
     train = [e for e in manifest if e["split"] == "train"]
     validation = [e for e in manifest if e["split"] == "validation"]
@@ -52,15 +52,15 @@ def fold_entries(manifest: list[dict], folds: int) -> list[tuple[list[dict], lis
         raise ValueError(f"{MANIFEST}: training needs train and validation videos "
                          f"(found {len(train)} and {len(validation)})")
     result = [(train, validation)]
-    people: dict[str, list[dict]] = {}
+    files: dict[str, list[dict]] = {}
     for e in validation + train:
-        people.setdefault(e.get("person") or e["video_id"], []).append(e)
-    order = list(people)
-    block = len({e.get("person") or e["video_id"] for e in validation})
+        files.setdefault(os.path.normpath(e["path"]), []).append(e)
+    order = list(files)
+    block = len({os.path.normpath(e["path"]) for e in validation})
     for fold in range(1, folds):
         held = {order[(fold * block + j) % len(order)] for j in range(block)}
-        result.append(([e for p in order if p not in held for e in people[p]],
-                       [e for p in order if p in held for e in people[p]]))
+        result.append(([e for f in order if f not in held for e in files[f]],
+                       [e for f in order if f in held for e in files[f]]))
     return result
 
 

@@ -60,7 +60,7 @@ def test_cpu_training_is_deterministic(project, tmp_path_factory):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_folds_rotate_people_and_fold_zero_is_official(project):
+def test_folds_rotate_videos_and_fold_zero_is_official(project):
     manifest = read_manifest(os.path.join(project, "data/manifest.csv"))
     folds = fold_entries(manifest, 3)
     official_val = [e["video_id"] for e in manifest if e["split"] == "validation"]
@@ -68,9 +68,18 @@ def test_folds_rotate_people_and_fold_zero_is_official(project):
     held = [sorted(e["video_id"] for e in val) for _, val in folds]
     assert len({tuple(h) for h in held}) == 3
     for train, val in folds:
-        assert not {e["person"] for e in train} & {e["person"] for e in val}
+        assert not {e["path"] for e in train} & {e["path"] for e in val}
         assert all(e["split"] != "test" for e in train + val)
         assert len(train) + len(val) == 6
+
+
+def test_folds_keep_left_and_right_trials_of_one_video_together():
+    rows = [{"video_id": f"{v}_{side}", "path": f"videos/{v}.mp4", "split": split, "person": side}
+            for v, split in (("a", "train"), ("b", "train"), ("c", "validation"), ("d", "train"))
+            for side in ("left", "right")]
+    for train, val in fold_entries(rows, 4):
+        assert {e["path"] for e in val} and not {e["path"] for e in train} & {e["path"] for e in val}
+        assert len(val) == 2 and val[0]["path"] == val[1]["path"]
 
 
 def test_cross_validation_writes_one_model_per_fold(project):

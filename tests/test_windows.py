@@ -49,7 +49,7 @@ def make_dataset(root, lengths=(90, 70, 120, 60, 80, 100, 75, 65), seed=0, store
         path = os.path.join(data, "labels", f"{vid}.txt")
         write_labels(path, full[:label_rows])
         videos[vid] = (visual, face, audio, voice)
-        rows.append({"video_id": vid, "path": "", "split": split, "fps": 15, "frames": n,
+        rows.append({"video_id": vid, "path": f"videos/{vid}.mp4", "split": split, "fps": 15, "frames": n,
                      "labels": path, "label_frames": label_rows, "person": f"p{i}"})
     with open(os.path.join(data, "manifest.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
