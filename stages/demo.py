@@ -92,8 +92,9 @@ def write_video(path: str, frames: list[Image.Image], audio: np.ndarray | None, 
         vstream = out.add_stream("libx264", rate=fps)
         vstream.width, vstream.height = frames[0].size
         vstream.pix_fmt = "yuv420p"
-        # One encoder thread: with PyAV's default (auto threads) x264's output changed with machine
-        # load (measured: 3 of 24 demo videos differed between two runs), and so did every result.
+        # One encoder thread, so x264's output cannot depend on the machine's core count or load.
+        # Known gap: 6 of the 24 demo videos still encode to different bytes in some processes than
+        # in others (not threads, not swscale: a numpy RGB->YUV conversion changed nothing).
         vstream.thread_count = 1
         vstream.options = {"crf": "20", "x264-params": "threads=1:lookahead-threads=1"}
         astream = out.add_stream("aac", rate=sample_rate, layout="mono") if audio is not None else None
