@@ -107,7 +107,8 @@ def extract_store(bucket: int, videos: Videos) -> None:
                              local_device(params["device"]), params["batch_size"], params["silence_db"],
                              params["silence_window"])
     provenance = {"extractor": EXTRACTOR, "params": {k: params[k] for k in OUTPUT_PARAMS},
-                  "precision": embedder.precision, "weights_sha256": file_sha256(WEIGHTS)}
+                  "precision": embedder.precision, "weights_sha256": file_sha256(WEIGHTS),
+                  "videos_sha256": videos.fingerprints()}
     writer = StoreWriter(store_path(OUT_DIR, bucket), embedder.dim, provenance, videos.ids)
     uses = Counter(os.path.normpath(v["path"]) for v in read_manifest())
     began, done = time.perf_counter(), len(writer.committed)

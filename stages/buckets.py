@@ -34,7 +34,7 @@ import numpy as np
 import zarr
 
 from stages.media import MediaError
-from stages.store import StoreWriter, bucket_of, store_path
+from stages.store import StoreWriter, bucket_of, file_sha256, store_path
 
 WORKER_ENV = "AVFUSION_WORKER"     # the slot (0..workers-1) of a pool process, for picking a GPU
 MANIFEST = "data/manifest.csv"
@@ -62,6 +62,14 @@ class Videos(Sequence):
     def ids(self) -> list[str]:
         """The store's plan (what `StoreWriter` is given)."""
         return [row[self.key] for row in self.rows]
+
+    def fingerprints(self) -> dict[str, str]:
+        """SHA-256 of each video file: a store whose videos changed is rebuilt, not resumed."""
+        hashes: dict[str, str] = {}
+        for row in self.rows:
+            path = row["path"]
+            hashes[row[self.key]] = file_sha256(path) if os.path.isfile(path) else "missing"
+        return hashes
 
     def __len__(self) -> int:
         return len(self.rows)

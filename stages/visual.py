@@ -43,7 +43,8 @@ def extract_store(bucket: int, videos: Videos) -> None:
     # CPU float32 and CUDA fp16 embeddings differ in the last bits: never mix them in one store.
     provenance = {"extractor": EXTRACTOR, "params": {k: params[k] for k in OUTPUT_PARAMS},
                   "precision": "float32" if device == "cpu" else "cuda-fp16",
-                  "weights_sha256": file_sha256(WEIGHTS)}
+                  "weights_sha256": file_sha256(WEIGHTS),
+                  "videos_sha256": videos.fingerprints()}
     columns = {"box": ((4,), "float32"), "prob": ((), "float32")}
     if params["keep_pooled"]:
         columns["pooled"] = ((POOLED_DIM,), "float32")
