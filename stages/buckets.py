@@ -65,11 +65,10 @@ class Videos(Sequence):
 
     def fingerprints(self) -> dict[str, str]:
         """SHA-256 of each video file: a store whose videos changed is rebuilt, not resumed."""
-        hashes: dict[str, str] = {}
-        for row in self.rows:
-            path = row["path"]
-            hashes[row[self.key]] = file_sha256(path) if os.path.isfile(path) else "missing"
-        return hashes
+        by_path: dict[str, str] = {}   # Aff-Wild2 _left/_right trials share one file: read it once
+        for path in {row["path"] for row in self.rows}:
+            by_path[path] = file_sha256(path) if os.path.isfile(path) else "missing"
+        return {row[self.key]: by_path[row["path"]] for row in self.rows}
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -92,11 +92,12 @@ def write_video(path: str, frames: list[Image.Image], audio: np.ndarray | None, 
         vstream = out.add_stream("libx264", rate=fps)
         vstream.width, vstream.height = frames[0].size
         vstream.pix_fmt = "yuv420p"
-        # One encoder thread, so x264's output cannot depend on the machine's core count or load.
-        # Known gap: 6 of the 24 demo videos still encode to different bytes in some processes than
-        # in others (not threads, not swscale: a numpy RGB->YUV conversion changed nothing).
+        # Bit-reproducible bytes: one encoder thread (else output depends on core count and load) and
+        # x264's C code (asm=0). With its assembly (AVX-512 here), the same frames encoded to different
+        # bytes depending on what the process had done before, and the float asm (mb-tree) is not
+        # bit-exact with the C code, so results also differed between CPUs. Costs ~0.3 s per video.
         vstream.thread_count = 1
-        vstream.options = {"crf": "20", "x264-params": "threads=1:lookahead-threads=1"}
+        vstream.options = {"crf": "20", "x264-params": "threads=1:lookahead-threads=1:asm=0"}
         astream = out.add_stream("aac", rate=sample_rate, layout="mono") if audio is not None else None
         for img in frames:
             out.mux(vstream.encode(av.VideoFrame.from_image(img)))
