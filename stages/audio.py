@@ -17,10 +17,9 @@ import numpy as np
 from tqdm import tqdm
 
 from stages import media, openl3
-from stages.buckets import (WORKER_ENV, Videos, local_device, read_manifest, run_extraction_stage,
-                            skip_video)
+from stages.buckets import WORKER_ENV, Videos, local_device, run_extraction_stage, skip_video
 from stages.media import MediaError
-from stages.params import load_params, resolve_device
+from stages.params import load_params, on_error, resolve_device
 from stages.store import StoreWriter, file_sha256, store_path
 
 WEIGHTS = "data/weights/audio.h5"
@@ -83,20 +82,17 @@ class AudioEmbedder:
         return emb, valid
 
 
-# Audio tracks that several manifest rows share (Aff-Wild2 `_left`/`_right`): computed once per process
-# and kept, with the count of their rows still to write, until the last of those rows went through here.
-_shared: dict[str, tuple[tuple, int]] = {}
-
-
-def embed_rows(embedder: AudioEmbedder, path: str, rows_with_path: int) -> tuple:
-    """(frame times, embeddings, valid) of a video file, computed once for all the rows that share it."""
-    if path in _shared:
-        result, rows_left = _shared.pop(path)
+def embed_rows(embedder: AudioEmbedder, path: str, rows_with_path: int, shared: dict) -> tuple:
+    """(frame times, embeddings, valid) of a video file, computed once for all the rows that share it
+    (Aff-Wild2 `_left`/`_right`, which `plan` puts in one store): `shared` keeps a result, with the
+    count of its rows still to write, until the last of them went through here."""
+    if path in shared:
+        result, rows_left = shared.pop(path)
     else:
         times = media.frame_times(path)
         result, rows_left = (times, *embedder.embed_video(path, times)), rows_with_path
     if rows_left > 1:
-        _shared[path] = (result, rows_left - 1)
+        shared[path] = (result, rows_left - 1)
     return result
 
 
@@ -110,16 +106,16 @@ def extract_store(bucket: int, videos: Videos) -> None:
                   "precision": embedder.precision, "weights_sha256": file_sha256(WEIGHTS),
                   "videos_sha256": videos.fingerprints()}
     writer = StoreWriter(store_path(OUT_DIR, bucket), embedder.dim, provenance, videos.ids)
-    uses = Counter(os.path.normpath(v["path"]) for v in read_manifest())
+    uses, shared = Counter(os.path.normpath(v["path"]) for v in videos.todo(writer.committed)), {}
     began, done = time.perf_counter(), len(writer.committed)
     with tqdm(videos.todo(writer.committed), desc=f"audio store {bucket}", unit="video",
               initial=done, total=len(videos), position=int(os.environ.get(WORKER_ENV, 0))) as bar:
         for video in bar:
             path = os.path.normpath(video["path"])
             try:
-                times, emb, valid = embed_rows(embedder, path, uses[path])
+                times, emb, valid = embed_rows(embedder, path, uses[path], shared)
             except MediaError as exc:
-                if params.get("on_error", "fail") == "fail":
+                if on_error(params, "audio") == "fail":
                     raise
                 skip_video(writer, video, exc)
                 continue

@@ -19,7 +19,6 @@ extracted when an error escapes.
 """
 from __future__ import annotations
 
-import csv
 import glob
 import json
 import multiprocessing as mp
@@ -33,11 +32,12 @@ from datetime import timedelta
 import numpy as np
 import zarr
 
+from stages.dataset import read_manifest
 from stages.media import MediaError
+from stages.params import on_error
 from stages.store import StoreWriter, bucket_of, file_sha256, store_path
 
 WORKER_ENV = "AVFUSION_WORKER"     # the slot (0..workers-1) of a pool process, for picking a GPU
-MANIFEST = "data/manifest.csv"
 
 
 class BucketError(RuntimeError):
@@ -89,11 +89,18 @@ class Videos(Sequence):
         self.current = None
 
 
+def file_key(row: dict, key: str = "video_id") -> str:
+    """What a row is bucketed by: its id, less the `_left`/`_right` of an Aff-Wild2 trial (`person`),
+    so the trials of one video file share a store and its process decodes the file once for both."""
+    vid, person = row[key], row.get("person") or ""
+    return vid[:-len(person) - 1] if person and vid.endswith("_" + person) else vid
+
+
 def plan(rows: list[dict], stores: int, key: str = "video_id") -> list[list[dict]]:
     """Each store's rows in manifest order; every bucket is listed, empty ones too."""
     buckets: list[list[dict]] = [[] for _ in range(stores)]
     for row in rows:
-        buckets[bucket_of(row[key], stores)].append(row)
+        buckets[bucket_of(file_key(row, key), stores)].append(row)
     return buckets
 
 
@@ -118,20 +125,6 @@ def local_device(requested: str = "auto") -> str:
     import torch
     slot = os.environ.get("LOCAL_RANK", os.environ.get(WORKER_ENV, "0"))
     return f"cuda:{int(slot) % torch.cuda.device_count()}"
-
-
-ON_ERROR = ("fail", "skip")
-
-
-def read_manifest(path: str = MANIFEST) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def check_on_error(value: str, section: str) -> str:
-    if value not in ON_ERROR:
-        raise SystemExit(f"{section}.on_error must be 'fail' or 'skip', not {value!r}")
-    return value
 
 
 def skip_video(writer: StoreWriter, video: dict, error: MediaError) -> None:
@@ -251,7 +244,7 @@ def run_extraction_stage(stage: str, params: dict, out_dir: str, skip_report: st
     Bad input (a `MediaError` under `on_error: fail`) ends the process with its one line, no traceback.
     """
     import torch
-    check_on_error(params.get("on_error", "fail"), stage)
+    on_error(params, stage)
     os.makedirs(out_dir, exist_ok=True)
     remove_stale(out_dir, params["stores"])
     try:

@@ -27,12 +27,20 @@ import zlib
 
 from stages.annotations import AnnotationError, check_video_id, inside, read_labels
 from stages.media import MediaError, probe
+from stages.params import load_params, on_error
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv")
 COLUMNS = ["video_id", "path", "split", "fps", "frames", "labels", "label_frames", "person"]
 AFFWILD2_SPLITS = {"Train_Set": "train", "Validation_Set": "validation", "Test_Set": "test"}
 MAX_FRAME_DIFF = 2            # label rows vs declared frames, beyond 1 % of the frames
 REPORT = "reports/dataset.json"
+MANIFEST = "data/manifest.csv"
+
+
+def read_manifest(path: str = MANIFEST) -> list[dict]:
+    """The manifest rows (every value a string, as written by `main`)."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def check_frame_counts(trial: dict) -> None:
@@ -105,9 +113,7 @@ def build_manifest(params: dict, skipped: list[dict] | None = None) -> list[dict
     ids = [t["video_id"] for t in trials]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{root}: duplicate video ids: {sorted({i for i in ids if ids.count(i) > 1})}")
-    skip = params.get("on_error", "fail") == "skip"
-    if params.get("on_error", "fail") not in ("fail", "skip"):
-        raise ValueError(f"data.on_error must be 'fail' or 'skip', not {params['on_error']!r}")
+    skip = on_error(params, "data") == "skip"
     probes, kept = {}, []
     for t in trials:
         labels = read_labels(t["labels"])           # annotation errors are never skipped
@@ -128,12 +134,10 @@ def build_manifest(params: dict, skipped: list[dict] | None = None) -> list[dict
 
 
 def main() -> None:
-    from stages.params import load_params
-
     skipped: list[dict] = []
     rows = build_manifest(load_params("data"), skipped)
-    os.makedirs("data", exist_ok=True)
-    with open("data/manifest.csv", "w", newline="") as f:
+    os.makedirs(os.path.dirname(MANIFEST), exist_ok=True)
+    with open(MANIFEST, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows({k: r[k] for k in COLUMNS} for r in rows)

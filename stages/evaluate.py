@@ -23,14 +23,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import uniform_filter1d
 
+from stages.dataset import MANIFEST, read_manifest
 from stages.metrics import INVALID, ccc, ccc_centring, split_ccc
 from stages.params import load_params, resolve_device
 from stages.plots import DATA_DIR, PNG_DIR, write_plots
 from stages.store import FeatureReader
 from stages.train import load_model
-from stages.windows import load_split, predict_split, read_manifest
+from stages.windows import load_split, predict_split
 
-MANIFEST = "data/manifest.csv"
 VISUAL = "data/features/visual"
 AUDIO = "data/features/audio"
 MODELS = "models"

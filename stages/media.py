@@ -116,12 +116,6 @@ def decode_video(path: str) -> Iterator[tuple[float, "av.VideoFrame"]]:
         _check_complete(path, stream, decoded, last - start + period, period)
 
 
-def iter_frames(path: str) -> Iterator[tuple[float, np.ndarray]]:
-    """Yield (time, HxWx3 uint8 RGB image) for every decoded frame."""
-    for t, frame in decode_video(path):
-        yield t, frame.to_ndarray(format="rgb24")
-
-
 def frame_times(path: str) -> np.ndarray:
     """Timestamps (seconds from the video start) of every decoded frame: the rows of both stores."""
     return np.asarray([t for t, _ in decode_video(path)], dtype=np.float64)

@@ -12,6 +12,14 @@ def load_params(section: str, path: str = "params.yaml") -> dict:
     return params[section]
 
 
+def on_error(params: dict, section: str) -> str:
+    """A section's `on_error`: `fail` (default) or `skip` (leave bad videos out and report them)."""
+    value = params.get("on_error", "fail")
+    if value not in ("fail", "skip"):
+        raise SystemExit(f"{section}.on_error must be 'fail' or 'skip', not {value!r}")
+    return value
+
+
 def resolve_device(name: str = "auto") -> str:
     import torch
     if name == "auto":

@@ -26,13 +26,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from stages.dataset import MANIFEST, read_manifest
 from stages.fusion import build_model
 from stages.metrics import masked_ccc_loss, split_ccc
 from stages.params import load_params, resolve_device
 from stages.store import FeatureReader
-from stages.windows import Split, autocast, load_split, predict_split, read_manifest
+from stages.windows import Split, autocast, load_split, predict_split
 
-MANIFEST = "data/manifest.csv"
 VISUAL = "data/features/visual"
 AUDIO = "data/features/audio"
 MODELS = "models"

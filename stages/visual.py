@@ -18,7 +18,7 @@ from tqdm import tqdm
 from stages.buckets import WORKER_ENV, Videos, local_device, run_extraction_stage, skip_video
 from stages.faces import EMBEDDING_DIM, POOLED_DIM, FaceTrackEmbedder
 from stages.media import MediaError
-from stages.params import load_params
+from stages.params import load_params, on_error
 from stages.store import StoreWriter, file_sha256, store_path
 
 WEIGHTS = "data/weights/visual.pt"
@@ -57,7 +57,7 @@ def extract_store(bucket: int, videos: Videos) -> None:
             try:
                 rows = embedder.embed_video(video["path"], video.get("person") or "")
             except MediaError as exc:
-                if params.get("on_error", "fail") == "fail":
+                if on_error(params, "visual") == "fail":
                     raise
                 skip_video(writer, video, exc)
                 continue

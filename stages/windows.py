@@ -11,7 +11,6 @@ of a video is padded at the tail and masked.
 """
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass
 
@@ -34,11 +33,6 @@ class Video:
     audio: np.ndarray          # [n, Da] float32
     audio_valid: np.ndarray    # [n] bool
     labels: np.ndarray         # [n, 2] float32, INVALID where not annotated
-
-
-def read_manifest(path: str) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def load_labels(path: str, frames: int) -> np.ndarray:

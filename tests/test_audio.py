@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from stages import audio, media, openl3
-from stages.buckets import MANIFEST
+from stages.dataset import MANIFEST
 from stages.store import FeatureReader
 
 FPS, SECONDS, SR = 10, 3, 16000

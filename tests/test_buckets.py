@@ -54,6 +54,18 @@ def test_plan_keeps_manifest_order_per_bucket():
         assert rows == [r for r in ROWS if r in rows]          # manifest order, which StoreWriter's plan needs
 
 
+def test_trials_of_one_video_file_share_a_store():
+    """Aff-Wild2 `_left`/`_right` trials land in one store (its process reads the shared file once),
+    whatever bucket their own ids hash to; other rows are bucketed by their id."""
+    pairs = [{"video_id": f"clip-{i}_{side}", "person": side} for i in range(12) for side in ("left", "right")]
+    assert any(bucket_of(f"clip-{i}_left", STORES) != bucket_of(f"clip-{i}_right", STORES) for i in range(12))
+    planned = plan(pairs + ROWS, STORES)
+    for i in range(12):
+        assert [r["video_id"] for r in planned[bucket_of(f"clip-{i}", STORES)] if r["video_id"].startswith(f"clip-{i}_")] \
+            == [f"clip-{i}_left", f"clip-{i}_right"]
+    assert all(bucket_of(r["video_id"], STORES) == b for b, rows in enumerate(planned) for r in rows if r in ROWS)
+
+
 def test_single_process_writes_every_video(single):
     reader = FeatureReader(single)
     assert reader.videos == sorted(r["video_id"] for r in ROWS)

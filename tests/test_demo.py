@@ -64,8 +64,8 @@ def test_labels_vary_and_have_gaps_and_silence(demo_dir):
 def test_mtcnn_finds_the_drawn_face(demo_dir):
     from facenet_pytorch import MTCNN
 
-    from stages.media import iter_frames
+    from stages.media import decode_video
     out, _ = demo_dir
-    frames = np.stack([f for _, f in iter_frames(str(out / "videos" / "demo-00.mp4"))])
+    frames = np.stack([f.to_ndarray(format="rgb24") for _, f in decode_video(str(out / "videos" / "demo-00.mp4"))])
     boxes, _ = MTCNN(keep_all=True).detect(frames)
     assert sum(b is not None for b in boxes) >= 0.8 * len(frames)

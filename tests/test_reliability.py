@@ -387,7 +387,8 @@ def fresh_readers(_):
 
 
 def test_four_workers_read_random_windows_exactly(extracted_pipeline, monkeypatch):
-    from stages.windows import WindowDataset, read_manifest
+    from stages.dataset import read_manifest
+    from stages.windows import WindowDataset
     monkeypatch.chdir(extracted_pipeline)     # the manifest's label paths are relative to the project
     features = os.path.join(extracted_pipeline, "data", "features")
     entries = read_manifest(os.path.join(extracted_pipeline, "data", "manifest.csv"))

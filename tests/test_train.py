@@ -11,7 +11,8 @@ import yaml
 
 from stages.metrics import split_ccc
 from stages.train import fold_entries, load_model, run
-from stages.windows import load_split, predict_split, read_manifest
+from stages.dataset import read_manifest
+from stages.windows import load_split, predict_split
 from test_windows import make_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,7 +9,8 @@ import torch
 from stages.annotations import write_labels
 from stages.metrics import INVALID
 from stages.store import StoreWriter, bucket_of, store_path
-from stages.windows import (WindowDataset, load_split, predict_video, read_manifest, window_starts)
+from stages.dataset import read_manifest
+from stages.windows import WindowDataset, load_split, predict_video, window_starts
 
 DIM_VISUAL, DIM_AUDIO = 12, 8
 
