@@ -1,6 +1,8 @@
 """Shared test fixtures: a shrunken copy of the real pipeline in a temporary git repository."""
 from __future__ import annotations
 
+import glob
+import hashlib
 import os
 import shutil
 import subprocess
@@ -17,6 +19,12 @@ SMALL = {
     "demo": {"videos": 6, "seconds": 3, "fps": 10},
     "train": {"epochs": 3, "window": 16, "hop": 8, "batch_size": 8},
 }
+
+
+def tree_digest(directory: str) -> dict[str, str]:
+    """SHA-256 of every file under directory, by relative path: equal dicts mean byte-identical trees."""
+    return {os.path.relpath(p, directory): hashlib.sha256(open(p, "rb").read()).hexdigest()
+            for p in sorted(glob.glob(os.path.join(directory, "**"), recursive=True)) if os.path.isfile(p)}
 
 
 def tool_env() -> dict:

@@ -5,7 +5,6 @@ visual/audio stages do. This file is also the script torchrun launches (see `__m
 """
 import functools
 import glob
-import hashlib
 import os
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import zlib
 import numpy as np
 import pytest
 
+from conftest import tree_digest
 from stages.buckets import BucketError, Videos, plan, run_buckets
 from stages.store import FeatureReader, StoreWriter, bucket_of, store_path
 
@@ -31,11 +31,6 @@ def extract_fake(out_dir: str, bucket: int, videos: Videos) -> None:
         rng = np.random.default_rng(zlib.crc32(row["video_id"].encode()))
         writer.append(row["video_id"], embedding=rng.normal(size=(n, 8)).astype(np.float32),
                       valid=rng.random(n) > 0.1, frame=np.arange(n), time=np.arange(n) / 25.0)
-
-
-def digest(directory: str) -> dict[str, str]:
-    return {os.path.relpath(p, directory): hashlib.sha256(open(p, "rb").read()).hexdigest()
-            for p in sorted(glob.glob(os.path.join(directory, "**"), recursive=True)) if os.path.isfile(p)}
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +70,7 @@ def test_single_process_writes_every_video(single):
 def test_two_local_processes_match_single_process(tmp_path, single):
     out = str(tmp_path)
     assert sorted(run_buckets(ROWS, STORES, functools.partial(extract_fake, out), workers=2)) == [0, 1, 2, 3]
-    assert digest(out) == digest(single)
+    assert tree_digest(out) == tree_digest(single)
 
 
 def test_error_names_store_and_video(tmp_path):
@@ -102,7 +97,7 @@ def test_torchrun_two_ranks_match_single_process(tmp_path, single):
     # each rank wrote its own buckets (r, r + W, ...) and returned only after both were done
     assert "rank 0 of 2 wrote [0, 2], sees 24 videos" in proc.stdout
     assert "rank 1 of 2 wrote [1, 3], sees 24 videos" in proc.stdout
-    assert digest(out) == digest(single)
+    assert tree_digest(out) == tree_digest(single)
 
 
 def test_torchrun_failure_stops_every_rank(tmp_path):

@@ -3,7 +3,6 @@ pipeline), then `dvc repro`: extraction resumes from the last committed video an
 to the uninterrupted run, training restarts cleanly to the same model, and `dvc status` is clean.
 """
 import glob
-import hashlib
 import json
 import os
 import shutil
@@ -15,14 +14,9 @@ import time
 import pytest
 import yaml
 
-from conftest import dvc, run, tool_env
+from conftest import dvc, run, tool_env, tree_digest
 
 DEADLINE = 180     # seconds a stage may take to reach the point where it is killed
-
-
-def tree_digest(directory):
-    return {os.path.relpath(p, directory): hashlib.sha256(open(p, "rb").read()).hexdigest()
-            for p in sorted(glob.glob(os.path.join(directory, "**"), recursive=True)) if os.path.isfile(p)}
 
 
 @pytest.fixture

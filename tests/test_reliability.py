@@ -6,7 +6,6 @@ fixtures, the session's `extracted_pipeline`).
 """
 import csv
 import glob
-import hashlib
 import json
 import os
 import pickle
@@ -20,7 +19,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import REPO, dvc, run
+from conftest import REPO, dvc, run, tree_digest
 from stages import media
 from stages.annotations import write_labels
 from stages.demo import write_video
@@ -266,11 +265,6 @@ def test_dataset_unreadable_video(tmp_path, affwild2_media, bad_media, on_error)
 
 
 # --- reproducibility from two fresh clones ---------------------------------------------------------
-
-def tree_digest(directory):
-    return {os.path.relpath(p, directory): hashlib.sha256(open(p, "rb").read()).hexdigest()
-            for p in sorted(glob.glob(os.path.join(directory, "**"), recursive=True)) if os.path.isfile(p)}
-
 
 def committed_file(repo, path):
     """`path` as the fixture committed it (other tests may run experiments in that workspace)."""

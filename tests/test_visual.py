@@ -10,13 +10,13 @@ import torch
 import yaml
 from PIL import Image
 
+from conftest import tree_digest
 from stages import visual
 from stages.demo import draw_face
 from stages.faces import FaceTracker, FaceTrackEmbedder, random_state_dict
 from stages.media import frame_times
 from stages.store import FeatureReader
 
-SHARED_MEDIA = os.path.join("..", "shared", "media")
 LOOK = {"background": (40, 60, 80), "stripe": (60, 80, 100), "skin": (220, 170, 130), "face_w": 0.5, "face_h": 0.65}
 
 
@@ -126,9 +126,8 @@ def test_seeded_random_weights_are_deterministic():
     assert not torch.equal(a["conv2d_1a.conv.weight"], c["conv2d_1a.conv.weight"])
 
 
-@pytest.mark.skipif(not os.path.isdir(SHARED_MEDIA), reason=f"{SHARED_MEDIA} is absent")
-def test_shared_media_row_per_decoded_frame(embedder):
-    path = os.path.join(SHARED_MEDIA, "mouth_crop_96px_16khz.mp4")   # a mouth close-up: no whole face
+def test_shared_media_row_per_decoded_frame(embedder, shared_media):
+    path = os.path.join(shared_media, "mouth_crop_96px_16khz.mp4")   # a mouth close-up: no whole face
     if not os.path.exists(path):
         pytest.skip(f"{path} is absent")
     rows = embedder.embed_video(path)
@@ -174,11 +173,7 @@ def test_resume_after_kill_is_byte_identical(tmp_path, monkeypatch):
     assert FeatureReader(str(tmp_path / "killed" / visual.OUT_DIR)).videos == ["a", "b"]
     run_stage(tmp_path / "killed", monkeypatch)
 
-    def files(run):
-        top = tmp_path / run / visual.OUT_DIR
-        return {str(p.relative_to(top)): p.read_bytes() for p in sorted(top.rglob("*")) if p.is_file()}
-    whole, resumed = files("whole"), files("killed")
-    assert whole.keys() == resumed.keys() and all(whole[k] == resumed[k] for k in whole)
+    assert tree_digest(str(tmp_path / "whole" / visual.OUT_DIR)) == tree_digest(str(tmp_path / "killed" / visual.OUT_DIR))
     reader = FeatureReader(str(tmp_path / "whole" / visual.OUT_DIR))
     assert reader.videos == ["a", "b", "c_left"] and reader.length("a") == 3
     assert reader.rows("a", columns=("valid",))["valid"].sum() >= 2
