@@ -1,89 +1,12 @@
-"""Backbone weights are data: fetch, copy or seed them into `data/weights/`, DVC-tracked.
-
-`visual.weights`: random | vggface2 | casia-webface | a local .pt state dict
-`audio.weights`:  random | env | music (official OpenL3 files) | a local official .h5
-
-A teammate without internet gets the files with `dvc pull`. A failed download stops with the file
-name and the ways out; it never falls back to random weights silently.
-"""
+"""DVC stage `weights` (params: visual.weights/seed, audio.weights/seed/input_repr/embedding_size):
+the backbones' weight files in data/weights/, downloaded, copied or seeded."""
 from __future__ import annotations
 
-import gzip
 import os
-import shutil
 import sys
-import tempfile
-import urllib.request
 
-import torch
-
-from stages.params import load_params
-
-VISUAL_OUT = "data/weights/visual.pt"
-AUDIO_OUT = "data/weights/audio.h5"
-FACENET_URLS = {
-    "vggface2": "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180402-114759-vggface2.pt",
-    "casia-webface": "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180408-102900-casia-webface.pt",
-}
-OPENL3_URL = "https://github.com/marl/openl3/raw/models/openl3_audio_{repr}_{content}-v0_4_0.h5.gz"
-
-
-class WeightsError(Exception):
-    pass
-
-
-def download(url: str, dest: str, param: str) -> None:
-    tmp = dest + ".download"
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
-            shutil.copyfileobj(response, f)
-    except OSError as exc:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise WeightsError(
-            f"could not download {url} ({exc}). Ways out: (1) run where that URL is reachable; "
-            f"(2) `dvc pull {dest}` from a remote that has it; (3) download the file yourself and set "
-            f"{param} to its local path.") from None
-    os.replace(tmp, dest)
-
-
-def check_state_dict(path: str) -> None:
-    """Refuse anything that is not plain tensors (a pickle with code fails weights_only loading)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsError(f"{path}: refused: not a plain tensor state dict ({exc.__class__.__name__})") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"{path}: refused: expected a dict of tensors")
-
-
-def make_visual(spec: str, seed: int, out: str) -> None:
-    if spec == "random":
-        from stages.faces import random_state_dict
-        torch.save(random_state_dict(seed), out)
-    elif spec in FACENET_URLS:
-        download(FACENET_URLS[spec], out, "visual.weights")
-    elif os.path.isfile(spec):
-        shutil.copyfile(spec, out)
-    else:
-        raise WeightsError(f"visual.weights: {spec!r} is neither random, vggface2, casia-webface nor an existing file")
-    check_state_dict(out)
-
-
-def make_audio(spec: str, seed: int, input_repr: str, embedding_size: int, out: str) -> None:
-    if spec == "random":
-        from stages.openl3 import write_random_weights
-        write_random_weights(out, input_repr, embedding_size, seed)
-    elif spec in ("env", "music"):
-        with tempfile.TemporaryDirectory() as tmp:
-            packed = os.path.join(tmp, "weights.h5.gz")
-            download(OPENL3_URL.format(repr=input_repr, content=spec), packed, "audio.weights")
-            with gzip.open(packed, "rb") as src, open(out, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-    elif os.path.isfile(spec):
-        shutil.copyfile(spec, out)
-    else:
-        raise WeightsError(f"audio.weights: {spec!r} is neither random, env, music nor an existing file")
+from avfusion.params import load_params
+from avfusion.weights import AUDIO_OUT, VISUAL_OUT, WeightsError, make_audio, make_visual
 
 
 def main() -> None:
@@ -94,7 +17,8 @@ def main() -> None:
         make_audio(str(audio["weights"]), audio["seed"], audio["input_repr"], audio["embedding_size"], AUDIO_OUT)
     except WeightsError as exc:
         sys.exit(f"weights: {exc}")
-    print(f"weights: visual={visual['weights']} audio={audio['weights']} ({audio['input_repr']}, {audio['embedding_size']})")
+    print(f"weights: visual={visual['weights']} audio={audio['weights']} "
+          f"({audio['input_repr']}, {audio['embedding_size']})")
 
 
 if __name__ == "__main__":

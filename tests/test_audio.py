@@ -9,9 +9,10 @@ import pytest
 import yaml
 
 from conftest import tree_digest
-from stages import audio, media, openl3
-from stages.dataset import MANIFEST
-from stages.store import FeatureReader
+from avfusion import audio, media, openl3
+from avfusion.dataset import MANIFEST
+from avfusion.store import FeatureReader
+from stages import audio as audio_stage
 
 FPS, SECONDS, SR = 10, 3, 16000
 PARAMS = {"weights": "random", "seed": 0, "input_repr": "mel128", "embedding_size": 512, "rate": 4,
@@ -73,7 +74,7 @@ def make_project(root, videos, weights, **params):
 
 def run_stage(root, monkeypatch):
     monkeypatch.chdir(root)
-    audio.main()
+    audio_stage.main()
     return FeatureReader(str(root / audio.OUT_DIR))
 
 

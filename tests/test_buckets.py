@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from conftest import tree_digest
-from stages.buckets import BucketError, Videos, plan, run_buckets
-from stages.store import FeatureReader, StoreWriter, bucket_of, store_path
+from avfusion.buckets import BucketError, Videos, plan, run_buckets
+from avfusion.store import FeatureReader, StoreWriter, bucket_of, store_path
 
 STORES = 4
 ROWS = [{"video_id": f"video-{i:03d}", "frames": str(20 + 7 * i)} for i in range(24)]

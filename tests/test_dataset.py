@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages.annotations import AnnotationError, check_video_id, inside, read_labels, write_labels
-from stages.dataset import build_manifest
-from stages.demo import write_video
+from avfusion.annotations import AnnotationError, check_video_id, inside, read_labels, write_labels
+from avfusion.dataset import build_manifest
+from avfusion.demo import write_video
 
 
 def tiny_video(path, frames=6, size=32, audio=True):

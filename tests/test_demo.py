@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from stages.annotations import read_labels
-from stages.demo import make_video
-from stages.media import frame_times, probe, read_audio
+from avfusion.annotations import read_labels
+from avfusion.demo import make_video
+from avfusion.media import frame_times, probe, read_audio
 
 PARAMS = {"videos": 6, "seconds": 3, "fps": 10, "size": 160, "seed": 0}
 
@@ -42,7 +42,7 @@ def test_generation_is_deterministic(demo_dir, tmp_path):
     out, splits = demo_dir
     os.makedirs(tmp_path / "videos")
     os.makedirs(tmp_path / "labels")
-    script = ("import sys; from stages.demo import make_video\n"
+    script = ("import sys; from avfusion.demo import make_video\n"
               f"for i in reversed(range({PARAMS['videos']})): make_video(i, {PARAMS!r}, sys.argv[1])")
     subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True, cwd=REPO)
     for vid, _ in splits:
@@ -64,7 +64,7 @@ def test_labels_vary_and_have_gaps_and_silence(demo_dir):
 def test_mtcnn_finds_the_drawn_face(demo_dir):
     from facenet_pytorch import MTCNN
 
-    from stages.media import decode_video
+    from avfusion.media import decode_video
     out, _ = demo_dir
     frames = np.stack([f.to_ndarray(format="rgb24") for _, f in decode_video(str(out / "videos" / "demo-00.mp4"))])
     boxes, _ = MTCNN(keep_all=True).detect(frames)

@@ -6,11 +6,11 @@ import os
 import numpy as np
 import pytest
 
-from stages.annotations import read_labels
-from stages.evaluate import (VideoResult, fold_dirs, merge_folds, moving_average, per_video_rows,
+from avfusion.annotations import read_labels
+from avfusion.evaluate import (VideoResult, fold_dirs, merge_folds, moving_average, per_video_rows,
                              postprocess, scores, split_metrics, write_abaw, write_metrics, write_per_video)
-from stages.metrics import INVALID, ccc_centring
-from stages.plots import pick_videos, write_plots
+from avfusion.metrics import INVALID, ccc_centring
+from avfusion.plots import pick_videos, write_plots
 
 
 def test_moving_average_is_centred_and_keeps_length():
@@ -158,7 +158,7 @@ EVAL = {"clip": True, "smooth_valence": 0, "smooth_arousal": 0, "plot_videos": 2
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Tiny real stores (test_windows) and two real fold models from the train stage."""
-    from stages.train import run as train
+    from avfusion.train import run as train
     from test_windows import make_dataset
     root = str(tmp_path_factory.mktemp("evaluate"))
     make_dataset(root)
@@ -169,7 +169,7 @@ def trained(tmp_path_factory):
 
 
 def test_evaluate_end_to_end_on_real_stores_and_models(trained):
-    from stages.evaluate import run
+    from avfusion.evaluate import run
     metrics = run(EVAL, root=trained)
     assert metrics["folds"] == 2
     assert set(metrics) == {"train", "validation", "test", "folds"}
@@ -189,7 +189,7 @@ def test_evaluate_end_to_end_on_real_stores_and_models(trained):
 
 
 def test_smoothing_changes_only_the_smoothed_dimension(trained):
-    from stages.evaluate import run
+    from avfusion.evaluate import run
     plain = run(EVAL, root=trained)
     smoothed = run({**EVAL, "smooth_arousal": 9}, root=trained)
     assert smoothed["test"]["ccc_valence"] == plain["test"]["ccc_valence"]
@@ -197,7 +197,7 @@ def test_smoothing_changes_only_the_smoothed_dimension(trained):
 
 
 def test_evaluate_refuses_models_trained_on_other_features(trained, tmp_path):
-    from stages.evaluate import run
+    from avfusion.evaluate import run
     import shutil
     copy = str(tmp_path / "copy")
     shutil.copytree(trained, copy)

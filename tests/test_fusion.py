@@ -4,13 +4,13 @@ import math
 import pytest
 import torch
 
-from stages.fusion import LFAN, TYPES, JointCrossAttention, build_model
+from avfusion.fusion import LFAN, TYPES, JointCrossAttention, build_model
 
 B, L, DV, DA = 3, 16, 20, 12
 
 
 def jca_by_equations(block, xa, xv):
-    """DESIGN.md §6 written out per sample, independently of the module's batched code."""
+    """docs/design.md §6 written out per sample, independently of the module's batched code."""
     p = dict(block.named_parameters())
     outs_a, outs_v = [], []
     for a, v in zip(xa, xv):                                     # a, v: [L, dim]

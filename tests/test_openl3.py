@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from stages import openl3
+from avfusion import openl3
 
 FIXTURE = Path(os.environ.get(
     "OPENL3_FIXTURE", Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "openl3-mel256-512"))

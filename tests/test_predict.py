@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stages import audio as audio_stage
-from stages import visual as visual_stage
-from stages.cli import main
-from stages.demo import draw_face, write_video
-from stages.fusion import build_model
-from stages.predict import COLUMNS
-from stages.store import FORMAT, file_sha256
-from stages.train import save_fold
-from stages.weights import make_audio, make_visual
+from avfusion import audio as audio_stage
+from avfusion import visual as visual_stage
+from avfusion.cli import main
+from avfusion.demo import draw_face, write_video
+from avfusion.fusion import build_model
+from avfusion.predict import COLUMNS
+from avfusion.store import FORMAT, file_sha256
+from avfusion.train import save_fold
+from avfusion.weights import make_audio, make_visual
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FPS, FRAMES, SIZE = 10, 12, 160
@@ -109,7 +109,7 @@ def bad_files(tmp_path):
 def test_bad_file_gives_one_line_naming_it_and_no_output(project, tmp_path, case):
     video = bad_files(tmp_path)[case]
     out = tmp_path / "pred.csv"
-    proc = subprocess.run([sys.executable, "-m", "stages.cli", "predict", video, "--out", str(out),
+    proc = subprocess.run([sys.executable, "-m", "avfusion.cli", "predict", video, "--out", str(out),
                            "--model", str(project / "models")], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()

@@ -20,9 +20,9 @@ import yaml
 from PIL import Image
 
 from conftest import REPO, dvc, run, tree_digest
-from stages import media
-from stages.annotations import write_labels
-from stages.demo import write_video
+from avfusion import media
+from avfusion.annotations import write_labels
+from avfusion.demo import write_video
 
 FPS, FRAMES = 10, 10
 HEADER = "video_id,path,split,fps,frames,labels,label_frames,person"
@@ -84,7 +84,7 @@ def test_one_frame_and_short_audio_are_valid_media(tmp_path):
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     """Seeded random weights of both extractors, made once for the module."""
-    from stages.weights import make_audio, make_visual
+    from avfusion.weights import make_audio, make_visual
     d = tmp_path_factory.mktemp("weights")
     make_visual("random", 0, str(d / "visual.pt"))
     make_audio("random", 0, "mel128", 512, str(d / "audio.h5"))
@@ -301,7 +301,7 @@ def test_two_fresh_clones_give_identical_stores_and_metrics(extracted_pipeline, 
 
 def test_code_loads_only_safely():
     """Every torch.load passes weights_only=True; YAML only through safe_load; no pickle anywhere."""
-    for path in glob.glob(os.path.join(REPO, "stages", "*.py")):
+    for path in glob.glob(os.path.join(REPO, "avfusion", "*.py")) + glob.glob(os.path.join(REPO, "stages", "*.py")):
         text = open(path).read()
         for call in re.findall(r"torch\.load\([^)]*\)", text):
             assert "weights_only=True" in call, f"{path}: {call}"
@@ -323,12 +323,12 @@ def test_malicious_checkpoint_is_refused_by_evaluate_and_predict(extracted_pipel
     (models / "config.json").write_text(open(os.path.join(fold, "config.json")).read())
     with open(models / "model.pt", "wb") as f:
         pickle.dump({"W_ja": Exploit()}, f)
-    from stages.train import CheckpointError, load_model
+    from avfusion.train import CheckpointError, load_model
     with pytest.raises(CheckpointError, match="refused to load: not a plain tensor checkpoint"):
         load_model(str(models))
     # the command-line loader: one line naming the file, the code never runs
     video = encode(tmp_path / "clip.mp4")
-    proc = subprocess.run([sys.executable, "-m", "stages.cli", "predict", video, "--out", str(tmp_path / "p.csv"),
+    proc = subprocess.run([sys.executable, "-m", "avfusion.cli", "predict", video, "--out", str(tmp_path / "p.csv"),
                            "--model", str(models.parent), "--device", "cpu"],
                           cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
@@ -381,8 +381,8 @@ def fresh_readers(_):
 
 
 def test_four_workers_read_random_windows_exactly(extracted_pipeline, monkeypatch):
-    from stages.dataset import read_manifest
-    from stages.windows import WindowDataset
+    from avfusion.dataset import read_manifest
+    from avfusion.windows import WindowDataset
     monkeypatch.chdir(extracted_pipeline)     # the manifest's label paths are relative to the project
     features = os.path.join(extracted_pipeline, "data", "features")
     entries = read_manifest(os.path.join(extracted_pipeline, "data", "manifest.csv"))

@@ -7,7 +7,7 @@ import pytest
 import zarr
 
 from conftest import tree_digest
-from stages.store import FORMAT, FeatureReader, StoreWriter, bucket_of, store_path
+from avfusion.store import FORMAT, FeatureReader, StoreWriter, bucket_of, store_path
 
 PLAN = ["v0", "v1", "v2"]
 
@@ -123,7 +123,7 @@ def test_bucket_is_stable():
 
 def test_memory_mapped_reads_match_zarr(tmp_path):
     """The raw shard reader must agree with zarr itself: partial chunks, absent (all-zero) chunks, shard edges."""
-    from stages import store
+    from avfusion import store
     path = store_path(str(tmp_path), 0)
     plan = [f"v{i}" for i in range(6)]
     writer = StoreWriter(path, 8, {}, plan)

@@ -9,10 +9,10 @@ import pytest
 import torch
 import yaml
 
-from stages.metrics import split_ccc
-from stages.train import fold_entries, load_model, run
-from stages.dataset import read_manifest
-from stages.windows import load_split, predict_split
+from avfusion.metrics import split_ccc
+from avfusion.train import fold_entries, load_model, run
+from avfusion.dataset import read_manifest
+from avfusion.windows import load_split, predict_split
 from test_windows import make_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,11 +11,12 @@ import yaml
 from PIL import Image
 
 from conftest import tree_digest
-from stages import visual
-from stages.demo import draw_face
-from stages.faces import FaceTracker, FaceTrackEmbedder, random_state_dict
-from stages.media import frame_times
-from stages.store import FeatureReader
+from avfusion import visual
+from avfusion.demo import draw_face
+from avfusion.faces import FaceTracker, FaceTrackEmbedder, random_state_dict
+from avfusion.media import frame_times
+from avfusion.store import FeatureReader
+from stages import visual as visual_stage
 
 LOOK = {"background": (40, 60, 80), "stripe": (60, 80, 100), "skin": (220, 170, 130), "face_w": 0.5, "face_h": 0.65}
 
@@ -147,7 +148,7 @@ def run_stage(root, monkeypatch, fail_on: str | None = None) -> None:
             return original(self, path, person)
         monkeypatch.setattr(FaceTrackEmbedder, "embed_video", dying)
     try:
-        visual.main()
+        visual_stage.main()
     finally:
         monkeypatch.undo()
 

@@ -5,7 +5,7 @@ import pickle
 import pytest
 import torch
 
-from stages.weights import WeightsError, check_state_dict, download, make_audio, make_visual
+from avfusion.weights import WeightsError, check_state_dict, download, make_audio, make_visual
 
 
 class Exploit:

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from stages.annotations import write_labels
-from stages.metrics import INVALID
-from stages.store import StoreWriter, bucket_of, store_path
-from stages.dataset import read_manifest
-from stages.windows import WindowDataset, load_split, predict_video, window_starts
+from avfusion.annotations import write_labels
+from avfusion.metrics import INVALID
+from avfusion.store import StoreWriter, bucket_of, store_path
+from avfusion.dataset import read_manifest
+from avfusion.windows import WindowDataset, load_split, predict_video, window_starts
 
 DIM_VISUAL, DIM_AUDIO = 12, 8
 

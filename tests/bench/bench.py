@@ -41,20 +41,20 @@ import yaml  # noqa: E402
 
 from bench_audio import cpu_name, network_flop  # noqa: E402
 from bench_store_scale import files_and_bytes, synthetic, write_stores  # noqa: E402
-from stages import openl3  # noqa: E402
-from stages.audio import AudioEmbedder  # noqa: E402
-from stages.faces import FaceTrackEmbedder, random_state_dict  # noqa: E402
-from stages.fusion import build_model  # noqa: E402
-from stages.media import decode_video, frame_times, probe  # noqa: E402
-from stages.metrics import masked_ccc_loss  # noqa: E402
-from stages.store import FeatureReader, StoreWriter, bucket_of, store_path  # noqa: E402
-from stages.windows import Split, Video, load_labels, load_split  # noqa: E402
+from avfusion import openl3  # noqa: E402
+from avfusion.audio import AudioEmbedder  # noqa: E402
+from avfusion.faces import FaceTrackEmbedder, random_state_dict  # noqa: E402
+from avfusion.fusion import build_model  # noqa: E402
+from avfusion.media import decode_video, frame_times, probe  # noqa: E402
+from avfusion.metrics import masked_ccc_loss  # noqa: E402
+from avfusion.store import FeatureReader, StoreWriter, bucket_of, store_path  # noqa: E402
+from avfusion.windows import Split, Video, load_labels, load_split  # noqa: E402
 
 MEDIA = os.path.join(os.path.dirname(REPO), "shared", "media")
 VIDEO_1080P = os.path.join(MEDIA, "street_crowd_1080p25.mp4")
 FUSION_TYPES = ("jca", "lfan", "cross_attention", "concat", "late", "audio_only", "visual_only")
 NO_GPU = "unmeasured: no GPU"
-TARGETS = {   # DESIGN.md / issue 9: metric -> (comparison, target)
+TARGETS = {   # docs/design.md / issue 9: metric -> (comparison, target)
     "cached_vs_recompute_speedup": (">=", 50),
     "zarr_vs_memmap_read_ratio": (">=", 0.5),
     "visual_1080p_cpu_fps": (">=", 8),
@@ -163,7 +163,7 @@ def bench_store_read(quick: bool, tmp: str) -> dict:
     # Diagnostic: the same layout (chunks, shards) without compression, read through zarr directly,
     # separates the codec's share of the cost from zarr's own per-read overhead.
     import zarr
-    from stages.store import ROWS_PER_CHUNK, ROWS_PER_SHARD
+    from avfusion.store import ROWS_PER_CHUNK, ROWS_PER_SHARD
     plain = zarr.open_group(os.path.join(tmp, "plain.zarr"), mode="w").create_array(
         "embedding", shape=(total, dim), dtype="float32", chunks=(ROWS_PER_CHUNK, dim),
         shards=(ROWS_PER_SHARD, dim), compressors=None)
@@ -395,9 +395,9 @@ def chdir(path: str):
 
 def make_project(root: str, videos: int, demo: dict) -> list[dict]:
     """A throwaway project dir: params.yaml (the repo's, demo resized), demo videos, manifest, weights."""
-    from stages.dataset import COLUMNS, build_manifest
-    from stages.demo import make_video
-    from stages.weights import make_audio, make_visual
+    from avfusion.dataset import COLUMNS, build_manifest
+    from avfusion.demo import make_video
+    from avfusion.weights import make_audio, make_visual
     with open(os.path.join(REPO, "params.yaml")) as f:
         all_params = yaml.safe_load(f)
     all_params["demo"] = {**all_params["demo"], **demo, "videos": videos}
@@ -438,7 +438,7 @@ def extract_stage(root: str) -> dict:
 def epoch_on(splits: tuple[Split, Split]) -> None:
     """One epoch of the train stage's `train_fold` (model build, one pass over the training windows,
     validation scoring) on already loaded (train, validation) splits."""
-    from stages.train import train_fold
+    from avfusion.train import train_fold
     train_params = {**params("train"), "epochs": 1}
     with contextlib.redirect_stdout(open(os.devnull, "w")):
         train_fold(0, *splits, params("fusion"), train_params, "cpu", 0, 1, None)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from stages import openl3  # noqa: E402
+from avfusion import openl3  # noqa: E402
 
 
 def network_flop(model: openl3.OpenL3) -> float:

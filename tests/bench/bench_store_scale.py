@@ -3,7 +3,7 @@
     .venv/bin/python tests/bench/bench_store_scale.py [--videos 1000] [--stores 4 16]
 
 Writes synthetic videos (about 300 frames each, 512-d float32) through `StoreWriter` into `stores`
-buckets exactly as the extraction stages do, then measures what DESIGN.md §5 cares about: the file
+buckets exactly as the extraction stages do, then measures what docs/design.md §5 cares about: the file
 count DVC has to hash and move, `dvc add` / `dvc push` / `dvc pull` time against a local-directory
 remote (a fresh `git clone` pulls), the push after appending a few videos, and the latency of random
 300-frame window reads. Results go to reports/store_scale.json and reports/store_scale.md.
@@ -25,7 +25,7 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
-from stages.store import FeatureReader, StoreWriter, bucket_of, store_path  # noqa: E402
+from avfusion.store import FeatureReader, StoreWriter, bucket_of, store_path  # noqa: E402
 
 FEATURES = "data/features/visual"
 

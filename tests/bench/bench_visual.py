@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from stages.faces import FaceTrackEmbedder, random_state_dict  # noqa: E402
-from stages.media import decode_video  # noqa: E402
-from stages.params import resolve_device  # noqa: E402
+from avfusion.faces import FaceTrackEmbedder, random_state_dict  # noqa: E402
+from avfusion.media import decode_video  # noqa: E402
+from avfusion.params import resolve_device  # noqa: E402
 
 
 def downscaled_copy(src: str, dst: str, width: int, height: int) -> str:

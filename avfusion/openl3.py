@@ -1,6 +1,6 @@
 """The OpenL3 audio network (Cramer et al. 2019) in PyTorch, loading the official Keras HDF5 weights.
 
-Matches openl3 0.4.2 with its kapre 0.4.1 front end (DESIGN.md §4):
+Matches openl3 0.4.2 with its kapre 0.4.1 front end (docs/design.md §4):
 - audio at 48 kHz (other rates resampled with resampy's `kaiser_best` filter, ported below), 1 s windows;
   with `center=True` window k is centred on k·hop (the signal is padded with 0.5 s of zeros in front);
 - spectrogram: `tf.signal.stft` framing (periodic Hann, hop 242, no centring; `pad_end` for the mel

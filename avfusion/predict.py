@@ -13,16 +13,16 @@ import tempfile
 
 import numpy as np
 
-from stages import audio as audio_stage
-from stages import visual as visual_stage
-from stages.audio import AudioEmbedder
-from stages.evaluate import fold_dirs, merge_folds, postprocess
-from stages.faces import FaceTrackEmbedder
-from stages.media import MediaError
-from stages.params import resolve_device
-from stages.store import file_sha256
-from stages.train import load_model
-from stages.windows import predict_video
+from avfusion import audio as audio_stage
+from avfusion import visual as visual_stage
+from avfusion.audio import AudioEmbedder
+from avfusion.evaluate import fold_dirs, merge_folds, postprocess
+from avfusion.faces import FaceTrackEmbedder
+from avfusion.media import MediaError
+from avfusion.params import resolve_device
+from avfusion.store import file_sha256
+from avfusion.train import load_model
+from avfusion.windows import predict_video
 
 COLUMNS = ["frame", "time", "valence", "arousal", "face", "audio"]
 

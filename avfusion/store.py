@@ -1,6 +1,6 @@
 """Frame-level feature stores: one Zarr v3 group per bucket of videos, flat `[N, D]` rows.
 
-Why this shape (DESIGN.md §5): DVC hashes and moves files one by one, so a store holds many videos in
+Why this shape (docs/design.md §5): DVC hashes and moves files one by one, so a store holds many videos in
 a few sharded files, while a 300-frame window still touches only a few small chunks.
 
 Layout of `<dir>/store-XX.zarr`:

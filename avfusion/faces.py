@@ -2,7 +2,7 @@
 
 MTCNN (facenet-pytorch's P/R/O-nets and weights, the library's thresholds and box arithmetic) finds
 faces on a downscaled copy of each frame; the tracked face is cropped from the full-resolution frame
-and embedded by InceptionResnetV1. Speed (DESIGN.md §4): the library's `MTCNN.detect` crops every
+and embedded by InceptionResnetV1. Speed (docs/design.md §4): the library's `MTCNN.detect` crops every
 candidate box with its own resize call and runs max-pooling on NCHW tensors; here candidates are
 cropped in one `roi_align` call and the R/O-nets run channels-last, which more than halves the
 detection cost on a crowded 1080p frame, while decoding runs in a background thread.
@@ -21,7 +21,7 @@ from facenet_pytorch.models.mtcnn import ONet, PNet, RNet
 from facenet_pytorch.models.utils.detect_face import batched_nms_numpy, bbreg, generateBoundingBox, rerec
 from torchvision.ops import batched_nms, box_iou, roi_align
 
-from stages.media import decode_video
+from avfusion.media import decode_video
 
 EMBEDDING_DIM = 512
 POOLED_DIM = 1792

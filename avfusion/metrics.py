@@ -1,7 +1,7 @@
 """Concordance correlation (the official ABAW metric), the masked 1 - CCC loss, and CCC centring.
 
 CCC(x, y) = 2 cov(x, y) / (var x + var y + (mean x - mean y)^2), population statistics, computed
-over all valid frames of all videos of a split concatenated (DESIGN.md §7).
+over all valid frames of all videos of a split concatenated (docs/design.md §7).
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def masked_ccc_loss(pred: torch.Tensor, true: torch.Tensor, mask: torch.Tensor) 
 
 
 def ccc_centring(predictions: list[np.ndarray], clip: bool = True) -> np.ndarray:
-    """Merge k folds' predictions of one video for one dimension (LFAN, DESIGN.md §7).
+    """Merge k folds' predictions of one video for one dimension (LFAN, docs/design.md §7).
 
     With P_i fold i's prediction, a_i = mean over j != i of CCC(P_i, P_j), m_i = mean_t P_i(t),
     w = sum a_i m_i / sum a_i; fused(t) = mean_i P_i(t) - mean_i m_i + w, then clipped to [-1, 1]

@@ -1,6 +1,6 @@
 """The one data path from cached features to model inputs: videos, flat splits, fixed-length windows.
 
-Per video, visual rows, audio rows and labels are aligned on the annotation length (DESIGN.md §3: trust
+Per video, visual rows, audio rows and labels are aligned on the annotation length (docs/design.md §3: trust
 it): feature rows past it are dropped, label rows without features become invalid (zero) feature rows.
 A split is every video's rows concatenated into flat tensors (nanoGPT style), so a batch of windows is
 one gather on the device and the GPU never waits on I/O. Windows never cross videos: the last window
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from stages.annotations import read_labels
-from stages.metrics import INVALID
-from stages.store import FeatureReader
+from avfusion.annotations import read_labels
+from avfusion.metrics import INVALID
+from avfusion.store import FeatureReader
 
 PREDICT_BATCH = 256   # windows per forward pass when predicting
 

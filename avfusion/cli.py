@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from stages.media import MediaError, probe
+from avfusion.media import MediaError, probe
 
 DESCRIPTION = "Audio-visual valence/arousal prediction with models trained by the avfusion pipeline."
 
@@ -17,8 +17,8 @@ def _predict(args: argparse.Namespace) -> None:
         if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
             raise FileNotFoundError(f"{out}: its directory does not exist")
     # Imported only now: torch and the extractors take seconds to load.
-    from stages.plots import plot_prediction
-    from stages.predict import Predictor, write_atomically, write_csv
+    from avfusion.plots import plot_prediction
+    from avfusion.predict import Predictor, write_atomically, write_csv
 
     result = Predictor(args.model, args.weights, args.device).predict(
         args.video, args.smooth_valence, args.smooth_arousal)
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     except (MediaError, OSError) as exc:
         return _fail(args, exc)
     except Exception as exc:
-        from stages.predict import PredictError   # already loaded whenever one could be raised
+        from avfusion.predict import PredictError   # already loaded whenever one could be raised
         if not isinstance(exc, PredictError):
             raise
         return _fail(args, exc)

@@ -1,4 +1,4 @@
-"""Fusion models (`fusion.type`, DESIGN.md §6): per-frame valence and arousal from visual + audio windows.
+"""Fusion models (`fusion.type`, docs/design.md §6): per-frame valence and arousal from visual + audio windows.
 
 Every model takes `(visual [B, L, Dv], visual_valid [B, L], audio [B, L, Da], audio_valid [B, L])` and
 returns `[B, L, 2]` in (-1, 1). The shared base standardises each modality with training-set

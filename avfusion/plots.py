@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 import numpy as np
 
-from stages.metrics import INVALID
+from avfusion.metrics import INVALID
 
 PNG_DIR = "reports/plots"
 DATA_DIR = "reports/plot_data"

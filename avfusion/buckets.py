@@ -1,6 +1,6 @@
 """Sharded extraction: every feature store (bucket of videos) is written by exactly one process.
 
-Parallel writes into one Zarr shard lose data silently (DESIGN.md §5), so the unit of parallelism is
+Parallel writes into one Zarr shard lose data silently (docs/design.md §5), so the unit of parallelism is
 the store, never the video. The plan of a store is its videos in manifest order (`bucket_of`), the
 same whether one process writes all stores or many processes / machines each write a few, so the
 stores come out byte-identical either way.
@@ -32,10 +32,10 @@ from datetime import timedelta
 import numpy as np
 import zarr
 
-from stages.dataset import read_manifest
-from stages.media import MediaError
-from stages.params import on_error
-from stages.store import StoreWriter, bucket_of, file_sha256, store_path
+from avfusion.dataset import read_manifest
+from avfusion.media import MediaError
+from avfusion.params import on_error
+from avfusion.store import StoreWriter, bucket_of, file_sha256, store_path
 
 WORKER_ENV = "AVFUSION_WORKER"     # the slot (0..workers-1) of a pool process, for picking a GPU
 
@@ -118,7 +118,7 @@ def distributed() -> tuple[int, int]:
 
 def local_device(requested: str = "auto") -> str:
     """The device this process should use: its own GPU under torchrun or in a pool, else `requested`."""
-    from stages.params import resolve_device
+    from avfusion.params import resolve_device
     device = resolve_device(requested)
     if device != "cuda":                      # "cpu", or an explicit "cuda:N" chosen by the user
         return device

@@ -1,0 +1,1 @@
+"""avfusion: per-frame valence and arousal from face and voice, on cached features (see docs/design.md)."""

@@ -1,0 +1,133 @@
+"""Build `data/manifest.csv`: one row per video (trial) from any supported source.
+
+Columns: video_id, path, split, fps, frames, labels, label_frames, person.
+- demo:     `data/demo` as written by avfusion.demo (`splits.csv`, `videos/`, `labels/`).
+- affwild2: the official layout: `<root>/<annotations>/{Train_Set,Validation_Set[,Test_Set]}/<trial>.txt`
+            and videos `<root>/<videos>/**/<video>.(mp4|avi|...)`; trials `<video>_left` / `_right`
+            are two people sharing one video (and its audio).
+- folder:   `<root>/<id>.<ext>` with `<root>/<id>.csv` (`valence,arousal` per frame); splits by a
+            stable hash of the id.
+The annotation's row count is trusted over the container's frame count (docs/design.md §3): a difference
+of up to `MAX_FRAME_DIFF` frames (or 1 %) is recorded (`label_frames` vs `frames`, and
+reports/dataset.json) and repaired downstream (stages/windows.py: frames past the labels are not used,
+label rows past the decoded frames get invalid, zero features). A larger difference means the label file
+belongs to another video and is an error: it would misalign every frame.
+
+Bad media (`MediaError`) stops the stage with one line, or with `data.on_error: skip` leaves the video
+out of the manifest and lists it in reports/dataset.json. Bad annotations always stop the stage.
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+import sys
+import zlib
+
+from avfusion.annotations import AnnotationError, check_video_id, inside, read_labels
+from avfusion.media import MediaError, probe
+from avfusion.params import load_params, on_error
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv")
+COLUMNS = ["video_id", "path", "split", "fps", "frames", "labels", "label_frames", "person"]
+AFFWILD2_SPLITS = {"Train_Set": "train", "Validation_Set": "validation", "Test_Set": "test"}
+MAX_FRAME_DIFF = 2            # label rows vs declared frames, beyond 1 % of the frames
+REPORT = "reports/dataset.json"
+MANIFEST = "data/manifest.csv"
+
+
+def read_manifest(path: str = MANIFEST) -> list[dict]:
+    """The manifest rows (every value a string, as written by `main`)."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def check_frame_counts(trial: dict) -> None:
+    frames, rows = trial["frames"], trial["label_frames"]
+    if frames and abs(rows - frames) > max(MAX_FRAME_DIFF, 0.01 * frames):
+        raise AnnotationError(f"{trial['labels']}: {rows} label rows but {trial['path']} has {frames} frames "
+                              f"(more than {MAX_FRAME_DIFF} or 1 % apart: labels of another video?)")
+
+
+def demo_trials(root: str) -> list[dict]:
+    with open(os.path.join(root, "splits.csv")) as f:
+        rows = list(csv.DictReader(f))
+    return [{"video_id": check_video_id(r["video_id"], "splits.csv"), "split": r["split"], "person": "",
+             "path": inside(root, "videos", r["video_id"] + ".mp4"),
+             "labels": inside(root, "labels", r["video_id"] + ".txt")} for r in rows]
+
+
+def affwild2_trials(root: str, annotations: str, videos: str) -> list[dict]:
+    by_stem = {}
+    for path in sorted(glob.glob(os.path.join(inside(root, videos), "**", "*"), recursive=True)):
+        stem, ext = os.path.splitext(os.path.basename(path))
+        if ext.lower() in VIDEO_EXTENSIONS:
+            by_stem.setdefault(stem, path)
+    trials = []
+    for folder, split in AFFWILD2_SPLITS.items():
+        for label_path in sorted(glob.glob(os.path.join(inside(root, annotations), folder, "*.txt"))):
+            trial = check_video_id(os.path.splitext(os.path.basename(label_path))[0], label_path)
+            stem, person = trial, ""
+            for side in ("left", "right"):
+                if trial.endswith("_" + side):
+                    stem, person = trial[: -len(side) - 1], side
+            if stem not in by_stem:
+                raise FileNotFoundError(f"{label_path}: no video named {stem}.* under {os.path.join(root, videos)}")
+            trials.append({"video_id": trial, "split": split, "person": person,
+                           "path": by_stem[stem], "labels": label_path})
+    return trials
+
+
+def folder_trials(root: str, validation: float, test: float) -> list[dict]:
+    trials = []
+    for path in sorted(glob.glob(os.path.join(root, "*"))):
+        stem, ext = os.path.splitext(os.path.basename(path))
+        if ext.lower() not in VIDEO_EXTENSIONS:
+            continue
+        video_id = check_video_id(stem, path)
+        labels = inside(root, video_id + ".csv")
+        if not os.path.exists(labels):
+            raise FileNotFoundError(f"{path}: no label file {labels}")
+        u = zlib.crc32(video_id.encode()) / 2**32    # stable: adding videos never reshuffles splits
+        split = "test" if u < test else "validation" if u < test + validation else "train"
+        trials.append({"video_id": video_id, "split": split, "person": "", "path": path, "labels": labels})
+    return trials
+
+
+def build_manifest(params: dict, skipped: list[dict] | None = None) -> list[dict]:
+    """Manifest rows sorted by id. With `on_error: skip`, unreadable videos are left out and appended
+    to `skipped` (video_id, path, problem); otherwise their MediaError propagates."""
+    source, root = params["source"], params["root"]
+    if source == "demo":
+        trials = demo_trials(root)
+    elif source == "affwild2":
+        trials = affwild2_trials(root, params.get("annotations", "annotations/VA_Estimation_Challenge"),
+                                 params.get("videos", "videos"))
+    elif source == "folder":
+        trials = folder_trials(root, params["validation"], params["test"])
+    else:
+        raise ValueError(f"data.source must be demo, affwild2 or folder, not {source!r}")
+    if not trials:
+        raise FileNotFoundError(f"{root}: no videos with labels found for source {source!r}")
+    ids = [t["video_id"] for t in trials]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{root}: duplicate video ids: {sorted({i for i in ids if ids.count(i) > 1})}")
+    skip = on_error(params, "data") == "skip"
+    probes, kept = {}, []
+    for t in trials:
+        labels = read_labels(t["labels"])           # annotation errors are never skipped
+        try:
+            info = probes.get(t["path"]) or probes.setdefault(t["path"], probe(t["path"]))
+        except MediaError as exc:
+            if not skip:
+                raise
+            if skipped is not None:
+                skipped.append({"video_id": t["video_id"], "path": t["path"], "problem": str(exc)})
+            continue
+        t.update(fps=round(info.fps, 4), frames=info.frames, label_frames=len(labels))
+        check_frame_counts(t)
+        kept.append(t)
+    if not kept:
+        raise FileNotFoundError(f"{root}: every video was skipped as unreadable")
+    return sorted(kept, key=lambda t: t["video_id"])
