@@ -5,9 +5,6 @@ it): feature rows past it are dropped, label rows without features become invali
 A split is every video's rows concatenated into flat tensors (nanoGPT style), so a batch of windows is
 one gather on the device and the GPU never waits on I/O. Windows never cross videos: the last window
 of a video is padded at the tail and masked.
-
-`WindowDataset` reads the same windows straight from the stores, for data that does not fit in memory
-(each DataLoader worker opens its own readers).
 """
 from __future__ import annotations
 
@@ -175,51 +172,3 @@ def predict_video(model: torch.nn.Module, visual: np.ndarray, visual_valid: np.n
                   np.full((n, 2), INVALID, np.float32))
     return predict_split(model, Split([video], device), window, hop)
 
-
-class WindowDataset(torch.utils.data.Dataset):
-    """The same windows as `Split.gather`, read lazily from the stores (DataLoader-worker safe).
-
-    Labels are read up front (they are small); feature readers are opened on first use in each
-    process, because open Zarr groups must not be shared across forked or spawned workers.
-    """
-
-    def __init__(self, entries: list[dict], visual_dir: str, audio_dir: str, window: int, hop: int):
-        self.visual_dir, self.audio_dir, self.window = visual_dir, audio_dir, window
-        visual, audio = FeatureReader(visual_dir), FeatureReader(audio_dir)
-        self.video_ids = [e["video_id"] for e in entries]
-        self.labels = [load_labels(e["labels"], max(visual.length(e["video_id"]), audio.length(e["video_id"])))
-                       for e in entries]
-        self.items = [(i, s) for i, lab in enumerate(self.labels) for s in window_starts(len(lab), window, hop)]
-        self._readers = None
-
-    def __getstate__(self):
-        return {**self.__dict__, "_readers": None}
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def _read(self, reader: FeatureReader, video_id: str, start: int, stop: int):
-        """Rows [start, stop) zero-padded to a whole window."""
-        rows = reader.rows(video_id, columns=("embedding", "valid"), start=start, stop=stop)
-        return (torch.from_numpy(_fit(rows["embedding"], self.window)),
-                torch.from_numpy(_fit(rows["valid"], self.window)))
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        if self._readers is None:
-            self._readers = (FeatureReader(self.visual_dir), FeatureReader(self.audio_dir))
-        video, start = self.items[index]
-        video_id, labels = self.video_ids[video], self.labels[video]
-        stop = min(start + self.window, len(labels))   # features past the annotation are not used
-        inside = torch.arange(self.window) < stop - start
-        visual, visual_valid = self._read(self._readers[0], video_id, start, stop)
-        audio, audio_valid = self._read(self._readers[1], video_id, start, stop)
-        labels = torch.from_numpy(_fit(labels[start:stop], self.window))
-        labels[~inside] = INVALID
-        visual_valid, audio_valid = visual_valid & inside, audio_valid & inside
-        present = visual_valid | audio_valid
-        return {
-            "visual": visual, "visual_valid": visual_valid,
-            "audio": audio, "audio_valid": audio_valid,
-            "labels": labels, "inside": inside,
-            "label_mask": (labels != INVALID) & present[:, None],
-        }

