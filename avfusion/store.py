@@ -61,7 +61,7 @@ class StoreWriter:
 
     def __init__(self, path: str, dim: int, provenance: dict, plan: list[str],
                  columns: dict[str, tuple[tuple[int, ...], str]] | None = None):
-        self.path, self.dim = path, dim
+        self.path = path
         self.columns = {"embedding": ((dim,), "float32"), **BASE_COLUMNS, **(columns or {})}
         provenance = {"format": FORMAT, **provenance}
         if os.path.exists(path) and not self._resumable(provenance, plan):
