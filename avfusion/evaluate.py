@@ -7,7 +7,7 @@ moving-average smoothing per dimension and clipping to [-1, 1].
 
 Scores follow the official protocol: CCC over all valid frames of a split's videos concatenated, `-5`
 excluded. Outputs: reports/metrics.json (per split), reports/per_video.csv, ABAW submission files in
-data/predictions/<split>/<video_id>.txt, and the plots (stages/plots.py).
+data/predictions/<split>/<video_id>.txt, and the plots (avfusion/plots.py).
 """
 from __future__ import annotations
 
