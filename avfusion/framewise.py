@@ -44,7 +44,8 @@ def interval_mean(values: np.ndarray, t0: float, hop: float, lo: np.ndarray, hi:
     Only the part of an interval covered by steps counts; an empty interval (a point) takes the value
     of the step holding it; intervals that miss every step get 0. values [m, D] -> [n, D] float64.
     """
-    values = np.asarray(values, np.float64).reshape(len(values), -1)
+    values = np.asarray(values, np.float64)
+    values = values[:, None] if values.ndim == 1 else values
     m = len(values)
     out = np.zeros((len(lo), values.shape[1]))
     if m == 0:

@@ -71,10 +71,11 @@ class LogMel:
     def log_mel(self, samples: np.ndarray) -> np.ndarray:
         """[m, n_mels] log band energies of the 25 ms windows starting every 10 ms (whole windows only)."""
         audio = torch.from_numpy(np.asarray(samples, np.float64))
-        windows = audio.unfold(0, WINDOW, HOP) if len(audio) >= WINDOW else audio.new_zeros(0, WINDOW)
+        if len(audio) < WINDOW:
+            return np.zeros((0, self.filterbank.shape[1]))
         rows = [torch.log(torch.fft.rfft(block * self.window, n=N_FFT).abs().square() @ self.filterbank + FLOOR)
-                for block in windows.split(BLOCK)]
-        return torch.cat(rows).numpy() if rows else np.zeros((0, self.filterbank.shape[1]))
+                for block in audio.unfold(0, WINDOW, HOP).split(BLOCK)]
+        return torch.cat(rows).numpy()
 
     def frames(self, path: str, times: np.ndarray) -> FrameFeatures:
         samples, start, valid = frame_audio(path, times)
