@@ -8,9 +8,20 @@ inside the box. Frames without a face (a zero-size box) are 0.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 POINTS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")   # MTCNN's order
 NAMES = [f"{point}_{axis}" for point in POINTS for axis in "xy"]
+
+
+def onet_points(boxes: torch.Tensor, marks: torch.Tensor) -> torch.Tensor:
+    """MTCNN's five points [k, 5, 2] in image pixels from O-net's landmark output `marks` [k, 10]
+    (x0..x4, y0..y4 as fractions of the O-net crop) and the boxes [k, >=4] that were cropped, i.e.
+    before O-net's box regression: facenet-pytorch's `detect_face` arithmetic."""
+    size = boxes[:, 2:4] - boxes[:, 0:2] + 1
+    xs = size[:, :1] * marks[:, :5] + boxes[:, :1] - 1
+    ys = size[:, 1:2] * marks[:, 5:10] + boxes[:, 1:2] - 1
+    return torch.stack([xs, ys], dim=2)
 
 
 def normalise_landmarks(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:

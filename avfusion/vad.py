@@ -8,10 +8,11 @@ would skip every fifth chunk, while the mean uses each chunk once and gives the 
 frame rate. Frames outside the audio, or of a video without audio, are 0 and not valid.
 
 The network runs on one torch thread (`one_thread`); its results do not depend on the thread count
-anyway (tests/test_extractors_vad.py checks 1 vs 2).
+anyway (tests/test_extractors_audio.py checks 1 vs 2).
 """
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from importlib.metadata import version
 
@@ -27,7 +28,7 @@ CHUNK = 512             # samples per silero-vad score at 16 kHz
 @contextmanager
 def one_thread():
     """torch on one thread inside, the caller's setting after. The network runs one 32 ms chunk at a
-    time, too little work to share: on 2 busy cores, 2 threads measured 30x slower than 1. (Importing
+    time, too little work to share: on 2 cores shared with other work, 2 threads measured 30x slower. (Importing
     silero_vad also sets one thread, for the whole process; this puts the caller's setting back.)"""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -39,7 +40,9 @@ def one_thread():
 
 def load_model() -> torch.jit.ScriptModule:
     """silero-vad's TorchScript model from its wheel."""
-    with one_thread():
+    with one_thread(), warnings.catch_warnings():
+        # the library's own deprecation notices (importlib path, torch.jit.load): nothing to act on here
+        warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning))
         from silero_vad import load_silero_vad
         return load_silero_vad()
 

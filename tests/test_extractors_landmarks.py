@@ -33,3 +33,24 @@ def test_mtcnn_points_of_a_drawn_face_land_where_it_was_drawn():
     assert row["mouth_left_x"] < row["nose_x"] < row["mouth_right_x"]
     assert max(row["left_eye_y"], row["right_eye_y"]) < row["nose_y"] < min(row["mouth_left_y"], row["mouth_right_y"])
     assert all(0 < value < 1 for value in row.values())
+
+
+def test_onet_points_reproduce_the_librarys_detect(monkeypatch):
+    """Capture the library's O-net output and the boxes it cropped during MTCNN.detect: onet_points
+    gives back exactly the points that detect returns."""
+    import facenet_pytorch.models.utils.detect_face as library
+    from avfusion.landmarks import onet_points
+
+    seen = {}
+    batch_process, bbreg = library.fixed_batch_process, library.bbreg
+    monkeypatch.setattr(library, "fixed_batch_process",
+                        lambda data, model: seen.setdefault(model.__class__.__name__, batch_process(data, model)))
+    monkeypatch.setattr(library, "bbreg", lambda boxes, reg: (seen.__setitem__("boxes", boxes.clone()), bbreg(boxes, reg))[1])
+    image = np.asarray(draw_face(192, LOOK, valence=0.5, eye_open=0.8, center=(90, 100)))
+    _, _, points = MTCNN(device="cpu").detect(image, landmarks=True)
+    _, marks, score = seen["ONet"]
+    passed = score[:, 1] > 0.7                                # MTCNN's default O-net threshold
+    mine = onet_points(seen["boxes"], marks[passed]).numpy()   # the last bbreg is O-net's, on passed boxes
+    assert points is not None and len(points) >= 1            # one image: points [faces, 5, 2]
+    for found in np.asarray(points, np.float32):
+        assert np.abs(mine - found).max(axis=(1, 2)).min() < 1e-4
