@@ -28,8 +28,8 @@ CHUNK = 512             # samples per silero-vad score at 16 kHz
 @contextmanager
 def one_thread():
     """torch on one thread inside, the caller's setting after. The network runs one 32 ms chunk at a
-    time, too little work to share: on 2 cores shared with other work, 2 threads measured 30x slower. (Importing
-    silero_vad also sets one thread, for the whole process; this puts the caller's setting back.)"""
+    time, too little work to share: on 2 cores shared with other work, 2 threads measured 30x slower.
+    (Importing silero_vad also sets one thread, for the whole process; this puts the caller's back.)"""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
