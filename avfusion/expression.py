@@ -5,7 +5,8 @@ Unlike FaceNet, whose embeddings are trained to ignore expression, this encoder 
 it (docs/design.md §4). Matches fer 25.10.3 with its Keras model (`FER(use_tflite=False)`):
 - input: a face crop as fer takes it from a frame (`face_input`): OpenCV's fixed-point BGR->gray, the
   frame padded by 40 px of the mean of its two bottom rows, the box squared and widened by 10 px each
-  side, OpenCV's uint8 bilinear resize to 64x64, then x/255 -> [-1, 1];
+  side, OpenCV's uint8 bilinear resize to 64x64, then x/255 -> [-1, 1] (bit-exact against OpenCV
+  4.14: its gray conversion over all 2^24 colours, its resize over 307 random crop sizes);
 - network: two valid 3x3 convs (8 channels) with batch norm and ReLU, four residual blocks
   (16, 32, 64, 128 channels) of two depthwise-separable 3x3 convs with batch norm, a 3x3 max-pool of
   stride 2 and a strided 1x1 conv shortcut, then a 3x3 conv to 7 channels, global average pooling and
