@@ -1,0 +1,174 @@
+"""Following every face through a video: a stable person id per detection (docs/design.md §4).
+
+Each frame, the detections are matched to the live tracks in one Hungarian assignment
+(`scipy.optimize.linear_sum_assignment`), so no two detections of a frame ever get the same id. A pair
+(track, detection) may match when
+- the boxes overlap (IoU >= `min_iou` with the track's box moved along its recent velocity), or
+- the appearance matches (cosine similarity of embeddings >= `min_similarity`) and the detection is
+  near where the track was or was heading (centre within `reid_distance` track-box sizes, size within
+  a factor of 2): re-identification after an occlusion or missed detections.
+Among allowed pairs the assignment maximises overlap + similarity - distance. A track not matched for
+more than `max_gap` frames ends; a detection not matched starts a new id, ids counting up in order of
+first appearance (left to right within a frame).
+
+Embeddings: any per-detection vectors. The face network's own embeddings separate people only with
+trained weights; with the seeded random weights (the offline default) every crop embeds to nearly the
+same vector (cosine > 0.9999 between different drawn faces, measured), so `appearance` gives a colour
+histogram of the box instead, which tells apart skin, hair and lighting.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+# 1 s at 25 fps (the street clip; Aff-Wild2 is 25-30 fps): long enough for a head turn, a hand in front
+# of the face or a passer-by in front, short enough that a lost track does not claim a newcomer.
+MAX_GAP = 25
+MIN_PROB = 0.9          # MTCNN keeps faces from 0.7; below 0.9 most of them are texture, not faces
+MIN_IOU = 0.3
+MIN_SIMILARITY = 0.8    # Bhattacharyya coefficient of `appearance` histograms (see tests/test_tracks.py)
+REID_DISTANCE = 2.0     # box sizes
+HISTOGRAM_BINS = 4      # per RGB channel: 64 bins, coarse enough to ignore small lighting changes
+EMBEDDING_MOMENTUM = 0.8  # a track's appearance: running mean, so one blurred frame does not redefine it
+
+
+def gap_frames(fps: float, seconds: float = MAX_GAP / 25) -> int:
+    """`max_gap` for a video of this frame rate: the same time span as MAX_GAP at 25 fps."""
+    return max(1, round(fps * seconds))
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of boxes a [n, 4] against b [m, 4] (x1, y1, x2, y2): [n, m]."""
+    lo, hi = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(hi - lo, 0, None), axis=2)
+    area = lambda x: np.prod(x[:, 2:] - x[:, :2], axis=1)   # noqa: E731
+    return inter / (area(a)[:, None] + area(b)[None] - inter + 1e-9)
+
+
+def appearance(image: np.ndarray, boxes: np.ndarray, bins: int = HISTOGRAM_BINS) -> np.ndarray:
+    """Per box, the square root of its normalised joint RGB histogram [k, bins**3]: the cosine of two
+    of these is their Bhattacharyya coefficient (1 = same colour distribution)."""
+    h, w = image.shape[:2]
+    out = np.zeros((len(boxes), bins ** 3), np.float32)
+    for i, (x1, y1, x2, y2) in enumerate(np.round(boxes).astype(int)):
+        patch = image[max(y1, 0):min(y2, h), max(x1, 0):min(x2, w)].reshape(-1, 3) // (256 // bins)
+        if len(patch):
+            counts = np.bincount((patch[:, 0] * bins + patch[:, 1]) * bins + patch[:, 2], minlength=bins ** 3)
+            out[i] = np.sqrt(counts / counts.sum())
+    return out
+
+
+@dataclass
+class Track:
+    person: int
+    box: np.ndarray
+    embedding: np.ndarray | None
+    last_frame: int
+    velocity: np.ndarray = field(default_factory=lambda: np.zeros(2, np.float32))
+
+    def predicted(self, frame: int) -> np.ndarray:
+        """The last box moved along the recent velocity to `frame`."""
+        return self.box + np.tile(self.velocity * (frame - self.last_frame), 2)
+
+
+class PeopleTracker:
+    """Call `update` once per frame, in order; it returns a person id per detection (-1: rejected)."""
+
+    def __init__(self, max_gap: int = MAX_GAP, min_prob: float = MIN_PROB, min_iou: float = MIN_IOU,
+                 min_similarity: float = MIN_SIMILARITY, reid_distance: float = REID_DISTANCE):
+        self.max_gap, self.min_prob, self.min_iou = max_gap, min_prob, min_iou
+        self.min_similarity, self.reid_distance = min_similarity, reid_distance
+        self.tracks: list[Track] = []
+        self.frame = -1
+        self.next_id = 0
+
+    def _scores(self, boxes: np.ndarray, embeddings: np.ndarray | None) -> np.ndarray:
+        """Score of each (track, detection) pair; -inf where the pair may not match."""
+        predicted = np.stack([t.predicted(self.frame) for t in self.tracks])
+        last = np.stack([t.box for t in self.tracks])
+        overlap = box_iou(predicted, boxes)
+        size = np.max(last[:, 2:] - last[:, :2], axis=1)[:, None]
+        centre = lambda b: (b[:, :2] + b[:, 2:]) / 2                    # noqa: E731
+        det_centre = centre(boxes)[None]
+        distance = np.minimum(np.linalg.norm(centre(predicted)[:, None] - det_centre, axis=2),
+                              np.linalg.norm(centre(last)[:, None] - det_centre, axis=2)) / size
+        ratio = np.max(boxes[:, 2:] - boxes[:, :2], axis=1)[None] / size
+        similarity = np.zeros_like(overlap)
+        reidentified = np.zeros(overlap.shape, bool)
+        if embeddings is not None:
+            for i, track in enumerate(self.tracks):
+                if track.embedding is not None:
+                    similarity[i] = embeddings @ track.embedding
+                    reidentified[i] = ((similarity[i] >= self.min_similarity) & (distance[i] <= self.reid_distance)
+                                       & (ratio[i] >= 0.5) & (ratio[i] <= 2))
+        allowed = (overlap >= self.min_iou) | reidentified
+        return np.where(allowed, overlap + similarity - 0.1 * distance, -np.inf)
+
+    def update(self, boxes: np.ndarray, probs: np.ndarray, embeddings: np.ndarray | None = None) -> np.ndarray:
+        """Person id [k] for this frame's boxes [k, 4], detection probabilities [k] and optional
+        embeddings [k, D] (L2-normalised here); -1 for detections below `min_prob`."""
+        self.frame += 1
+        self.tracks = [t for t in self.tracks if self.frame - t.last_frame - 1 <= self.max_gap]   # missed frames
+        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+        ids = np.full(len(boxes), -1, np.int64)
+        kept = np.flatnonzero(np.asarray(probs, np.float32).reshape(-1) >= self.min_prob)
+        if embeddings is not None:
+            embeddings = np.asarray(embeddings, np.float32)[kept]
+            embeddings = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-9)
+        unmatched = set(range(len(kept)))
+        if self.tracks and len(kept):
+            scores = self._scores(boxes[kept], embeddings)
+            rows, cols = linear_sum_assignment(np.where(np.isfinite(scores), scores, -1e6), maximize=True)
+            for r, c in zip(rows, cols):
+                if np.isfinite(scores[r, c]):
+                    self._extend(self.tracks[r], boxes[kept[c]], None if embeddings is None else embeddings[c])
+                    ids[kept[c]] = self.tracks[r].person
+                    unmatched.discard(c)
+        for c in sorted(unmatched, key=lambda c: boxes[kept[c], 0]):
+            self.tracks.append(Track(self.next_id, boxes[kept[c]].copy(),
+                                     None if embeddings is None else embeddings[c].copy(), self.frame))
+            ids[kept[c]] = self.next_id
+            self.next_id += 1
+        return ids
+
+    def _extend(self, track: Track, box: np.ndarray, embedding: np.ndarray | None) -> None:
+        step = ((box[:2] + box[2:]) - (track.box[:2] + track.box[2:])) / 2 / (self.frame - track.last_frame)
+        track.velocity = 0.5 * track.velocity + 0.5 * step
+        track.box, track.last_frame = box.copy(), self.frame
+        if embedding is not None:
+            mean = embedding if track.embedding is None else \
+                EMBEDDING_MOMENTUM * track.embedding + (1 - EMBEDDING_MOMENTUM) * embedding
+            track.embedding = mean / max(float(np.linalg.norm(mean)), 1e-9)
+
+
+@dataclass(frozen=True)
+class TrackSummary:
+    person: int
+    frames: int          # frames on screen (detected and matched)
+    first: int
+    last: int
+    mean_x: float        # mean box centre x, pixels
+
+
+def summary(ids: list[np.ndarray], boxes: list[np.ndarray]) -> list[TrackSummary]:
+    """Per person over a whole video (`ids[f]`, `boxes[f]` as given to and returned by `update`),
+    longest on screen first (ties: lower id first)."""
+    seen: dict[int, list[tuple[int, float]]] = {}
+    for f, (frame_ids, frame_boxes) in enumerate(zip(ids, boxes)):
+        for person, box in zip(frame_ids, np.asarray(frame_boxes).reshape(-1, 4)):
+            if person >= 0:
+                seen.setdefault(int(person), []).append((f, float(box[0] + box[2]) / 2))
+    out = [TrackSummary(p, len(v), v[0][0], v[-1][0], float(np.mean([x for _, x in v]))) for p, v in seen.items()]
+    return sorted(out, key=lambda s: (-s.frames, s.person))
+
+
+def pick_sides(tracks: list[TrackSummary]) -> dict[str, int]:
+    """Aff-Wild2 `_left` / `_right`: of the two longest tracks, the one further left (by mean centre x)
+    is `left`. With a single track, it is both."""
+    if not tracks:
+        return {}
+    longest = sorted(tracks, key=lambda s: (-s.frames, s.person))[:2]
+    by_x = sorted(longest, key=lambda s: s.mean_x)
+    return {"left": by_x[0].person, "right": by_x[-1].person}
