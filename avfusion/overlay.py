@@ -89,20 +89,24 @@ def _transcode(src, dst, per_frame_people, progress: bool) -> None:
     vout.pix_fmt = "yuv420p" if vin.width % 2 == 0 and vin.height % 2 == 0 else "yuv444p"
     vout.codec_context.time_base = vin.time_base     # keep every frame's timestamp as it was
     vout.options = {"crf": "20", "preset": "veryfast"}
-    streams, ain, aout, resampler = [vin], None, None, None
+    streams, ain, aout = [vin], None, None
     if src.streams.audio:
         ain = src.streams.audio[0]
         streams.append(ain)
-        if ain.codec_context.name in COPY_AUDIO:
-            aout = dst.add_stream_from_template(ain)
-        else:
-            aout = dst.add_stream("aac", rate=ain.rate, layout=ain.layout.name)
-            resampler = av.AudioResampler(format="fltp", layout=ain.layout.name, rate=ain.rate)
+        copy = ain.codec_context.name in COPY_AUDIO
+        # AAC needs a named layout (a file may say only "1 channels"); more than 2 channels mix to stereo
+        layout = "mono" if ain.layout.nb_channels == 1 else "stereo"
+        aout = dst.add_stream_from_template(ain) if copy else dst.add_stream("aac", rate=ain.rate, layout=layout)
     count = 0
     with tqdm(total=vin.frames or None, desc="overlay video", unit="frame", disable=not progress) as bar:
         for packet in src.demux(*streams):
             if packet.stream is ain:
-                _audio(packet, aout, resampler, dst)
+                if not copy:
+                    for frame in packet.decode():    # PyAV converts and re-chunks for the encoder
+                        dst.mux(aout.encode(frame))
+                elif packet.dts is not None:         # the demuxer's empty flush packet has none
+                    packet.stream = aout
+                    dst.mux(packet)
                 continue
             for frame in packet.decode():
                 image = frame.to_image()
@@ -114,18 +118,6 @@ def _transcode(src, dst, per_frame_people, progress: bool) -> None:
                 count += 1
                 bar.update()
         dst.mux(vout.encode())
-        if resampler is not None:
-            for chunk in resampler.resample(None):
-                dst.mux(aout.encode(chunk))
+        if aout is not None and not copy:
             dst.mux(aout.encode())
 
-
-def _audio(packet, aout, resampler, dst) -> None:
-    if resampler is None:
-        if packet.dts is not None:      # the demuxer's empty flush packet has none
-            packet.stream = aout
-            dst.mux(packet)
-        return
-    for frame in packet.decode():
-        for chunk in resampler.resample(frame):
-            dst.mux(aout.encode(chunk))

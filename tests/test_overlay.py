@@ -85,3 +85,25 @@ def test_error_leaves_no_partial_file(tmp_path, video):
     with pytest.raises(TypeError):
         write_overlay(video, str(out), [[(0, BOX, "not a number", 0.0)]] * FRAMES, progress=False)
     assert sorted(os.listdir(tmp_path)) == ["in.mp4"]
+
+
+def test_audio_mp4_cannot_hold_is_reencoded_to_aac(tmp_path):
+    """PCM audio (here in Matroska) has no place in mp4: it becomes AAC of the same length."""
+    path = str(tmp_path / "in.mkv")
+    samples = (0.3 * np.sin(2 * np.pi * 330 * np.arange(SAMPLE_RATE) / SAMPLE_RATE) * 32767).astype(np.int16)
+    with av.open(path, "w") as out:
+        vstream = out.add_stream("libx264", rate=FPS)
+        vstream.width, vstream.height, vstream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        astream = out.add_stream("pcm_s16le", rate=SAMPLE_RATE, layout="mono")
+        for i in range(FPS):
+            out.mux(vstream.encode(av.VideoFrame.from_ndarray(np.full((HEIGHT, WIDTH, 3), 20 * i, np.uint8))))
+        out.mux(vstream.encode())
+        chunk = av.AudioFrame.from_ndarray(samples[None], format="s16", layout="mono")
+        chunk.sample_rate, chunk.pts = SAMPLE_RATE, 0
+        out.mux(astream.encode(chunk))
+        out.mux(astream.encode())
+    write_overlay(path, str(tmp_path / "out.mp4"), [[(0, BOX, 0.5, -0.5)]] * FPS, progress=False)
+    drawn, samples_out, rate = decode(str(tmp_path / "out.mp4"))
+    with av.open(str(tmp_path / "out.mp4")) as container:
+        assert container.streams.audio[0].codec_context.name == "aac"
+    assert len(drawn) == FPS and rate == SAMPLE_RATE and abs(samples_out - SAMPLE_RATE) <= 1024
