@@ -1,15 +1,15 @@
 """Following every face through a video: a stable person id per detection (docs/design.md §4).
 
-Each frame, the detections are matched to the live tracks in one Hungarian assignment
-(`scipy.optimize.linear_sum_assignment`), so no two detections of a frame ever get the same id. A pair
-(track, detection) may match when
-- the boxes overlap (IoU >= `min_iou` with the track's box moved along its recent velocity), or
-- the appearance matches (cosine similarity of embeddings >= `min_similarity`) and the detection is
-  near where the track was or was heading (centre within `reid_distance` track-box sizes, size within
-  a factor of 2): re-identification after an occlusion or missed detections.
-Among allowed pairs the assignment maximises overlap + similarity - distance. A track not matched for
-more than `max_gap` frames ends; a detection not matched starts a new id, ids counting up in order of
-first appearance (left to right within a frame).
+Each frame, detections are matched to tracks by Hungarian assignment
+(`scipy.optimize.linear_sum_assignment`), so no two detections of a frame ever get the same id:
+1. tracks seen in the previous frame take the detections their box overlaps (IoU >= `min_iou` with the
+   track's box moved along its recent velocity);
+2. lost tracks (missed up to `max_gap` frames) take remaining confident detections that overlap their
+   predicted box, or that look alike (cosine similarity of embeddings >= `min_similarity`) near where
+   the track was or was heading (centre within `reid_distance` track-box sizes, size within a factor
+   of 2): re-identification after an occlusion or missed detections;
+3. confident detections still unmatched start new ids, counting up in order of first appearance (left
+   to right within a frame). Among allowed pairs the assignment maximises overlap + similarity - distance.
 
 Embeddings: any per-detection vectors. The face network's own embeddings separate people only with
 trained weights; with the seeded random weights (the offline default) every crop embeds to nearly the
@@ -26,11 +26,14 @@ from scipy.optimize import linear_sum_assignment
 # 1 s at 25 fps (the street clip; Aff-Wild2 is 25-30 fps): long enough for a head turn, a hand in front
 # of the face or a passer-by in front, short enough that a lost track does not claim a newcomer.
 MAX_GAP = 25
-MIN_PROB = 0.9          # MTCNN keeps faces from 0.7; below 0.9 most of them are texture, not faces
+# MTCNN keeps faces from 0.7; on the street clip 15 of 516 fell below 0.9, false ones (jacket texture) among
+# them, and started 1-3-frame tracks: such detections only continue a track (see `update`).
+MIN_PROB = 0.9
 MIN_IOU = 0.3
 MIN_SIMILARITY = 0.8    # Bhattacharyya coefficient of `appearance` histograms (see tests/test_tracks.py)
 REID_DISTANCE = 2.0     # box sizes
 HISTOGRAM_BINS = 4      # per RGB channel: 64 bins, coarse enough to ignore small lighting changes
+PREDICT_FRAMES = 5      # how far a lost track's box is moved along its velocity
 EMBEDDING_MOMENTUM = 0.8  # a track's appearance: running mean, so one blurred frame does not redefine it
 
 
@@ -69,8 +72,9 @@ class Track:
     velocity: np.ndarray = field(default_factory=lambda: np.zeros(2, np.float32))
 
     def predicted(self, frame: int) -> np.ndarray:
-        """The last box moved along the recent velocity to `frame`."""
-        return self.box + np.tile(self.velocity * (frame - self.last_frame), 2)
+        """The last box moved along the recent velocity to `frame` (at most PREDICT_FRAMES ahead:
+        over a long gap people stop or turn, and the prediction would run off)."""
+        return self.box + np.tile(self.velocity * min(frame - self.last_frame, PREDICT_FRAMES), 2)
 
 
 class PeopleTracker:
@@ -84,10 +88,11 @@ class PeopleTracker:
         self.frame = -1
         self.next_id = 0
 
-    def _scores(self, boxes: np.ndarray, embeddings: np.ndarray | None) -> np.ndarray:
+    def _scores(self, tracks: list[Track], boxes: np.ndarray, embeddings: np.ndarray | None,
+                reidentify: bool) -> np.ndarray:
         """Score of each (track, detection) pair; -inf where the pair may not match."""
-        predicted = np.stack([t.predicted(self.frame) for t in self.tracks])
-        last = np.stack([t.box for t in self.tracks])
+        predicted = np.stack([t.predicted(self.frame) for t in tracks])
+        last = np.stack([t.box for t in tracks])
         overlap = box_iou(predicted, boxes)
         size = np.max(last[:, 2:] - last[:, :2], axis=1)[:, None]
         centre = lambda b: (b[:, :2] + b[:, 2:]) / 2                    # noqa: E731
@@ -98,40 +103,53 @@ class PeopleTracker:
         similarity = np.zeros_like(overlap)
         reidentified = np.zeros(overlap.shape, bool)
         if embeddings is not None:
-            for i, track in enumerate(self.tracks):
+            for i, track in enumerate(tracks):
                 if track.embedding is not None:
                     similarity[i] = embeddings @ track.embedding
                     reidentified[i] = ((similarity[i] >= self.min_similarity) & (distance[i] <= self.reid_distance)
                                        & (ratio[i] >= 0.5) & (ratio[i] <= 2))
-        allowed = (overlap >= self.min_iou) | reidentified
+        allowed = (overlap >= self.min_iou) | (reidentified & reidentify)
         return np.where(allowed, overlap + similarity - 0.1 * distance, -np.inf)
 
     def update(self, boxes: np.ndarray, probs: np.ndarray, embeddings: np.ndarray | None = None) -> np.ndarray:
         """Person id [k] for this frame's boxes [k, 4], detection probabilities [k] and optional
-        embeddings [k, D] (L2-normalised here); -1 for detections below `min_prob`."""
+        embeddings [k, D] (L2-normalised here); -1 for a detection below `min_prob` that continues no track."""
         self.frame += 1
         self.tracks = [t for t in self.tracks if self.frame - t.last_frame - 1 <= self.max_gap]   # missed frames
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
         ids = np.full(len(boxes), -1, np.int64)
-        kept = np.flatnonzero(np.asarray(probs, np.float32).reshape(-1) >= self.min_prob)
+        confident = np.asarray(probs, np.float32).reshape(-1) >= self.min_prob
         if embeddings is not None:
-            embeddings = np.asarray(embeddings, np.float32)[kept]
+            embeddings = np.asarray(embeddings, np.float32)
             embeddings = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-9)
-        unmatched = set(range(len(kept)))
-        if self.tracks and len(kept):
-            scores = self._scores(boxes[kept], embeddings)
-            rows, cols = linear_sum_assignment(np.where(np.isfinite(scores), scores, -1e6), maximize=True)
-            for r, c in zip(rows, cols):
-                if np.isfinite(scores[r, c]):
-                    self._extend(self.tracks[r], boxes[kept[c]], None if embeddings is None else embeddings[c])
-                    ids[kept[c]] = self.tracks[r].person
-                    unmatched.discard(c)
-        for c in sorted(unmatched, key=lambda c: boxes[kept[c], 0]):
-            self.tracks.append(Track(self.next_id, boxes[kept[c]].copy(),
-                                     None if embeddings is None else embeddings[c].copy(), self.frame))
-            ids[kept[c]] = self.next_id
+        # Tracks seen in the previous frame first, by overlap only; then the lost ones, which may also be
+        # re-identified by appearance. In one joint assignment a lost track could take a tracked face
+        # and push its track onto a nearby newcomer (seen on the street clip). As in ByteTrack, a weak
+        # detection may continue a track it overlaps but neither re-identifies nor starts one.
+        seen = [t for t in self.tracks if t.last_frame == self.frame - 1]
+        lost = [t for t in self.tracks if t.last_frame < self.frame - 1]
+        free = self._match(seen, np.arange(len(boxes)), boxes, embeddings, ids, reidentify=False)
+        free = self._match(lost, free[confident[free]], boxes, embeddings, ids, reidentify=True)
+        for d in sorted(free, key=lambda d: boxes[d, 0]):
+            self.tracks.append(Track(self.next_id, boxes[d].copy(),
+                                     None if embeddings is None else embeddings[d].copy(), self.frame))
+            ids[d] = self.next_id
             self.next_id += 1
         return ids
+
+    def _match(self, tracks: list[Track], free: np.ndarray, boxes: np.ndarray, embeddings: np.ndarray | None,
+               ids: np.ndarray, reidentify: bool) -> np.ndarray:
+        """Assign detections `free` to `tracks` (writing `ids`); returns the detections left over."""
+        if not tracks or not len(free):
+            return free
+        emb = None if embeddings is None else embeddings[free]
+        scores = self._scores(tracks, boxes[free], emb, reidentify)
+        rows, cols = linear_sum_assignment(np.where(np.isfinite(scores), scores, -1e6), maximize=True)
+        matched = [(r, c) for r, c in zip(rows, cols) if np.isfinite(scores[r, c])]
+        for r, c in matched:
+            self._extend(tracks[r], boxes[free[c]], None if emb is None else emb[c])
+            ids[free[c]] = tracks[r].person
+        return np.delete(free, [c for _, c in matched])
 
     def _extend(self, track: Track, box: np.ndarray, embedding: np.ndarray | None) -> None:
         step = ((box[:2] + box[2:]) - (track.box[:2] + track.box[2:])) / 2 / (self.frame - track.last_frame)

@@ -111,7 +111,7 @@ def box(cx: float, cy: float = 100, size: float = 60) -> list[float]:
 def run(tracker: PeopleTracker, frames: list[list], embeddings: list | None = None) -> list[list[int]]:
     out = []
     for f, boxes in enumerate(frames):
-        emb = None if embeddings is None else np.asarray(embeddings[f], np.float32).reshape(len(boxes), -1)
+        emb = None if embeddings is None else np.asarray(embeddings[f], np.float32).reshape(len(boxes), 3)
         out.append(tracker.update(np.asarray(boxes, np.float32).reshape(-1, 4), np.ones(len(boxes)), emb).tolist())
     return out
 
@@ -152,6 +152,11 @@ def test_new_ids_in_order_of_appearance_and_weak_detections_rejected():
     assert tracker.update(boxes, np.array([0.99, 0.95, 0.5])).tolist() == [1, 0, -1]
     assert tracker.update(np.array([box(500), *boxes]), np.array([0.99, 0.99, 0.99, 0.99])).tolist() == [3, 1, 0, 2]
     assert tracker.update(np.zeros((0, 4)), np.zeros(0)).tolist() == []
+    # a weak detection continues the track it overlaps (the frame before), but starts none
+    assert tracker.update(np.array([box(102), box(600)]), np.array([0.8, 0.8])).tolist() == [-1, -1]
+    tracker = PeopleTracker()
+    tracker.update(np.array([box(100)]), np.array([0.99]))
+    assert tracker.update(np.array([box(102), box(600)]), np.array([0.8, 0.8])).tolist() == [0, -1]
 
 
 def test_summary_orders_by_screen_time_and_sides_by_position():
