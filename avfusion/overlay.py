@@ -35,24 +35,26 @@ def draw_people(image: Image.Image, people: Sequence[Person]) -> None:
     unit = max(1.0, image.height / 360)
     line, bar_h, gap = max(2, round(unit)), round(6 * unit), round(2 * unit)
     font = ImageFont.load_default(size=round(11 * unit))
+    small = ImageFont.load_default(size=round(8 * unit))
+    letter_w = ImageDraw.Draw(image).textbbox((0, 0), "V", font=small)[2] + 2 * gap
     draw = ImageDraw.Draw(image)
     for person, box, valence, arousal in people:
         x1, y1, x2, y2 = (float(v) for v in box)
         col = colour(int(person))
         draw.rectangle([x1, y1, x2, y2], outline=col, width=line)
         label = f"{int(person)}"
-        tx1, ty1, tx2, ty2 = draw.textbbox((0, 0), label, font=font)
-        tag_h = ty2 + 2 * gap
-        draw.rectangle([x1, y1 - tag_h, x1 + tx2 + 2 * gap, y1], fill=col)
+        _, _, text_w, text_h = draw.textbbox((0, 0), label, font=font)
+        tag_h = text_h + 2 * gap
+        draw.rectangle([x1, y1 - tag_h, x1 + text_w + 2 * gap, y1], fill=col)
         draw.text((x1 + gap, y1 - tag_h + gap), label, fill=(255, 255, 255), font=font)
-        width = max(x2 - x1, 60 * unit)
+        # gauges as wide as the box (so side-by-side faces' gauges rarely overlap), with a floor for small faces
+        right = x1 + max(x2 - x1, 40 * unit)
+        top = y2 + gap
+        draw.rectangle([x1, top, x1 + letter_w, top + 2 * bar_h + gap], fill=(20, 20, 20))
         for row, (name, value) in enumerate((("V", valence), ("A", arousal))):
-            top = y2 + gap + row * (bar_h + gap)
-            left = x1 + draw.textbbox((0, 0), "V", font=font)[2] + gap   # room for the letter
-            _gauge(draw, (left, top, x1 + width, top + bar_h), value, col)
-            draw.text((x1, top + bar_h / 2), name, fill=col, font=font, anchor="lm",
-                      stroke_width=max(1, line // 2), stroke_fill=(0, 0, 0))
-
+            y = top + row * (bar_h + gap)
+            _gauge(draw, (x1 + letter_w, y, right, y + bar_h), value, col)
+            draw.text((x1 + letter_w / 2, y + bar_h / 2), name, fill=(255, 255, 255), font=small, anchor="mm")
 
 def _gauge(draw: ImageDraw.ImageDraw, rect: tuple[float, float, float, float], value: float, col) -> None:
     """A bar over [-1, 1]: dark frame, a tick at 0, filled from 0 to the value."""

@@ -30,7 +30,7 @@ MAX_GAP = 25
 # them, and started 1-3-frame tracks: such detections only continue a track (see `update`).
 MIN_PROB = 0.9
 MIN_IOU = 0.3
-MIN_SIMILARITY = 0.8    # Bhattacharyya coefficient of `appearance` histograms (see tests/test_tracks.py)
+MIN_SIMILARITY = 0.9    # Bhattacharyya coefficient of `appearance` histograms: see reports/people.md
 REID_DISTANCE = 2.0     # box sizes
 HISTOGRAM_BINS = 4      # per RGB channel: 64 bins, coarse enough to ignore small lighting changes
 PREDICT_FRAMES = 5      # how far a lost track's box is moved along its velocity
