@@ -28,12 +28,13 @@ def paste_face(canvas: Image.Image, look: dict, centre: tuple[float, float]) -> 
 
 def scene() -> list[list[tuple[float, float] | None]]:
     """Drawn face centres per frame: A walks right in front of B, who walks left, then B steps out of
-    view for 5 frames (0.5 s at 10 fps) and comes back a little further left."""
+    view for 5 frames (0.5 s at 10 fps) and comes back a face width to the right: no box overlap, so
+    only appearance (and the loose position gate) can give B its id back."""
     centres = []
     for f in range(30):
         step = min(f, 19)
         a = (90 + 15 * step, 105)
-        b = (390 - 15 * step - (12 if f >= 27 else 0), 140)
+        b = (390 - 15 * step + 75, 134) if f >= 27 else (390 - 15 * step, 140)
         centres.append([a, None if 22 <= f < 27 else b])
     return centres
 
@@ -50,20 +51,28 @@ def render(centres) -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def tracked(tmp_path_factory):
-    """The scene encoded as H.264, decoded back, detected and tracked: per frame (ids, boxes, truth)."""
+def detected(tmp_path_factory):
+    """The scene encoded as H.264, decoded back and detected: per frame (boxes, probs, appearance)."""
     path = str(tmp_path_factory.mktemp("people") / "crossing.mp4")
-    truth = scene()
-    write_video(path, [render(c) for c in truth], audio=None, fps=10)
+    write_video(path, [render(c) for c in scene()], audio=None, fps=10)
     with av.open(path) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    assert len(frames) == len(truth)
-    detector, tracker = FaceDetector(), PeopleTracker(max_gap=gap_frames(10))
-    out = []
-    for i in range(0, len(frames), 8):
-        for frame, (boxes, probs) in zip(frames[i:i + 8], detector(np.stack(frames[i:i + 8]))):
-            out.append((tracker.update(boxes, probs, appearance(frame, boxes)), boxes))
-    return [(ids, boxes, centres) for (ids, boxes), centres in zip(out, truth)]
+    assert len(frames) == len(scene())
+    detector = FaceDetector()
+    found = [d for i in range(0, len(frames), 8) for d in detector(np.stack(frames[i:i + 8]))]
+    return [(boxes, probs, appearance(frame, boxes)) for frame, (boxes, probs) in zip(frames, found)]
+
+
+def track(detected, use_appearance: bool = True) -> list[tuple[np.ndarray, np.ndarray, list]]:
+    """Per frame (ids, boxes, drawn centres)."""
+    tracker = PeopleTracker(max_gap=gap_frames(10))
+    return [(tracker.update(boxes, probs, hists if use_appearance else None), boxes, centres)
+            for (boxes, probs, hists), centres in zip(detected, scene())]
+
+
+@pytest.fixture(scope="module")
+def tracked(detected):
+    return track(detected)
 
 
 def drawn_person(box: np.ndarray, centres) -> int | None:
@@ -93,7 +102,14 @@ def test_ids_survive_crossing_and_gap_and_are_never_shared(tracked):
     assert people[0].person == 0 and people[0].frames == len(frames_a)
 
 
-def test_appearance_tells_the_drawn_faces_apart(tracked):
+def test_without_appearance_b_comes_back_as_a_new_person(detected):
+    """B's return is out of reach of box overlap: the id above is the appearance re-identification's."""
+    ids_after_gap = {int(p) for ids, boxes, centres in track(detected, use_appearance=False)[27:]
+                     for p, b in zip(ids, boxes) if drawn_person(b, centres) == 1}
+    assert ids_after_gap == {2}
+
+
+def test_appearance_tells_the_drawn_faces_apart():
     """The similarity gate sits between same-face and other-face Bhattacharyya coefficients."""
     frame = np.asarray(render([(120, 120), (360, 120)]))
     other = np.asarray(render([(330, 120), (150, 120)]))
