@@ -1,4 +1,4 @@
-"""Following every face through a video: a stable person id per detection (docs/design.md §4).
+"""Following every face through a video: a stable person id per detection (docs/design.md §4.2).
 
 Each frame, detections are matched to tracks by Hungarian assignment
 (`scipy.optimize.linear_sum_assignment`), so no two detections of a frame ever get the same id:
@@ -9,25 +9,30 @@ Each frame, detections are matched to tracks by Hungarian assignment
    the track was or was heading (centre within `reid_distance` track-box sizes, size within a factor
    of 2): re-identification after an occlusion or missed detections;
 3. confident detections still unmatched start new ids, counting up in order of first appearance (left
-   to right within a frame). Among allowed pairs the assignment maximises overlap + similarity - distance.
+   to right within a frame).
+Each assignment makes as many allowed matches as it can and, among those, maximises the summed
+overlap + similarity - 0.1 * distance.
 
 Embeddings: any per-detection vectors. The face network's own embeddings separate people only with
 trained weights; with the seeded random weights (the offline default) every crop embeds to nearly the
 same vector (cosine > 0.9999 between different drawn faces, measured), so `appearance` gives a colour
-histogram of the box instead, which tells apart skin, hair and lighting.
+histogram of the box instead. In a crowd that is a weak cue (reports/people.md): it vetoes clearly
+different looks, and the position gate does the rest.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from scipy.optimize import linear_sum_assignment
+from torchvision.ops import box_iou
 
 # 1 s at 25 fps (the street clip; Aff-Wild2 is 25-30 fps): long enough for a head turn, a hand in front
 # of the face or a passer-by in front, short enough that a lost track does not claim a newcomer.
 MAX_GAP = 25
-# MTCNN keeps faces from 0.7; on the street clip 15 of 516 fell below 0.9, false ones (jacket texture) among
-# them, and started 1-3-frame tracks: such detections only continue a track (see `update`).
+# MTCNN keeps faces from 0.7. On the street clip 15 of 516 fell below 0.9, a jacket texture among them;
+# letting them start tracks gave 13 tracks instead of 10, the extra ones 1-3 frames long.
 MIN_PROB = 0.9
 MIN_IOU = 0.3
 MIN_SIMILARITY = 0.9    # Bhattacharyya coefficient of `appearance` histograms: see reports/people.md
@@ -40,14 +45,6 @@ EMBEDDING_MOMENTUM = 0.8  # a track's appearance: running mean, so one blurred f
 def gap_frames(fps: float, seconds: float = MAX_GAP / 25) -> int:
     """`max_gap` for a video of this frame rate: the same time span as MAX_GAP at 25 fps."""
     return max(1, round(fps * seconds))
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of boxes a [n, 4] against b [m, 4] (x1, y1, x2, y2): [n, m]."""
-    lo, hi = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(hi - lo, 0, None), axis=2)
-    area = lambda x: np.prod(x[:, 2:] - x[:, :2], axis=1)   # noqa: E731
-    return inter / (area(a)[:, None] + area(b)[None] - inter + 1e-9)
 
 
 def appearance(image: np.ndarray, boxes: np.ndarray, bins: int = HISTOGRAM_BINS) -> np.ndarray:
@@ -93,7 +90,7 @@ class PeopleTracker:
         """Score of each (track, detection) pair; -inf where the pair may not match."""
         predicted = np.stack([t.predicted(self.frame) for t in tracks])
         last = np.stack([t.box for t in tracks])
-        overlap = box_iou(predicted, boxes)
+        overlap = box_iou(torch.from_numpy(predicted), torch.from_numpy(boxes)).numpy()
         size = np.max(last[:, 2:] - last[:, :2], axis=1)[:, None]
         centre = lambda b: (b[:, :2] + b[:, 2:]) / 2                    # noqa: E731
         det_centre = centre(boxes)[None]
