@@ -36,8 +36,8 @@ def draw_people(image: Image.Image, people: Sequence[Person]) -> None:
     line, bar_h, gap = max(2, round(unit)), round(6 * unit), round(2 * unit)
     font = ImageFont.load_default(size=round(11 * unit))
     small = ImageFont.load_default(size=round(8 * unit))
-    letter_w = ImageDraw.Draw(image).textbbox((0, 0), "V", font=small)[2] + 2 * gap
     draw = ImageDraw.Draw(image)
+    letter_w = draw.textbbox((0, 0), "V", font=small)[2] + 2 * gap
     for person, box, valence, arousal in people:
         x1, y1, x2, y2 = (float(v) for v in box)
         col = colour(int(person))
@@ -56,6 +56,7 @@ def draw_people(image: Image.Image, people: Sequence[Person]) -> None:
             _gauge(draw, (x1 + letter_w, y, right, y + bar_h), value, col)
             draw.text((x1 + letter_w / 2, y + bar_h / 2), name, fill=(255, 255, 255), font=small, anchor="mm")
 
+
 def _gauge(draw: ImageDraw.ImageDraw, rect: tuple[float, float, float, float], value: float, col) -> None:
     """A bar over [-1, 1]: dark frame, a tick at 0, filled from 0 to the value."""
     x1, y1, x2, y2 = rect
@@ -70,7 +71,7 @@ def _gauge(draw: ImageDraw.ImageDraw, rect: tuple[float, float, float, float], v
 def write_overlay(video_in: str, video_out: str, per_frame_people: Sequence[Sequence[Person]],
                   progress: bool = True) -> None:
     """Write `video_in` with `per_frame_people[f]` drawn on decoded frame f (frames past the end of
-    the list are copied undrawn) and its audio, to `video_out` (any container ffmpeg writes)."""
+    the list stay undrawn) and its audio, to `video_out` (any container ffmpeg writes)."""
     folder, name = os.path.split(os.path.abspath(video_out))
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=os.path.splitext(name)[1], dir=folder)
     os.close(fd)
