@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from avfusion.annotations import read_labels
+from avfusion.errors import CheckpointError
 from avfusion.evaluate import (VideoResult, fold_dirs, merge_folds, moving_average, per_video_rows,
                              postprocess, scores, split_metrics, write_abaw, write_metrics, write_per_video)
 from avfusion.metrics import INVALID, ccc_centring
@@ -205,5 +206,5 @@ def test_evaluate_refuses_models_trained_on_other_features(trained, tmp_path):
     config = json.load(open(config_path))
     config["provenance"]["audio"]["extractor"] = "something-else"
     json.dump(config, open(config_path, "w"))
-    with pytest.raises(SystemExit, match="fold-1: trained on other audio features"):
+    with pytest.raises(CheckpointError, match="fold-1: trained on other audio features"):
         run(EVAL, root=copy)
