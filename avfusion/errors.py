@@ -19,7 +19,7 @@ class ParamsError(UserError):
 
 
 class DatasetError(UserError):
-    """A data root, dataset layout or manifest that cannot be used."""
+    """A data root, dataset layout, manifest or feature store that is missing or cannot be used."""
 
 
 class MediaError(UserError):
@@ -35,7 +35,7 @@ class WeightsError(UserError):
 
 
 class CheckpointError(UserError):
-    """A trained model that must not or cannot be used: not a plain state_dict (e.g. a pickle
+    """A trained model that is missing or must not be used: not a plain state_dict (e.g. a pickle
     carrying code), or trained on other features."""
 
 

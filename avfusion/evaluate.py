@@ -162,7 +162,7 @@ def fold_dirs(models_dir: str) -> list[str]:
     found = [d for d in glob.glob(os.path.join(models_dir, "fold-*")) if os.path.isdir(d)]
     numbered = sorted((int(m.group(1)), d) for d in found if (m := re.search(r"fold-(\d+)$", d)))
     if not numbered:
-        raise FileNotFoundError(f"{models_dir}: no fold-<i> model directories (run the train stage first)")
+        raise CheckpointError(f"{models_dir}: no fold-<i> model directories (run the train stage first)")
     return [d for _, d in numbered]
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from avfusion import audio as audio_stage
 from avfusion import visual as visual_stage
 from avfusion.audio import AudioEmbedder
-from avfusion.errors import MediaError, PredictError
+from avfusion.errors import CheckpointError, MediaError, PredictError
 from avfusion.evaluate import fold_dirs, merge_folds, postprocess
 from avfusion.faces import FaceTrackEmbedder
 from avfusion.params import resolve_device
@@ -40,7 +40,7 @@ def model_folds(model_dir: str) -> list[str]:
         raise PredictError(f"{model_dir}: model directory not found")
     try:
         return fold_dirs(model_dir)
-    except FileNotFoundError:
+    except CheckpointError:
         raise PredictError(f"{model_dir}: no trained model (config.json or fold-<i>/) in it") from None
 
 

@@ -111,7 +111,7 @@ def test_fold_directories_in_numeric_order(tmp_path):
         (tmp_path / f"fold-{i}").mkdir()
     (tmp_path / "fold-notes.txt").write_text("")
     assert [os.path.basename(d) for d in fold_dirs(str(tmp_path))] == ["fold-0", "fold-1", "fold-2", "fold-10"]
-    with pytest.raises(FileNotFoundError, match="no fold"):
+    with pytest.raises(CheckpointError, match="no fold"):
         fold_dirs(str(tmp_path / "missing"))
 
 
