@@ -86,7 +86,7 @@ SPLIT_SHARE = number(ge=0, lt=1, default=ABSENT)
 SCHEMA: dict[str, dict[str, Key]] = {
     "demo": {
         "videos": integer(ge=5),                 # one video of each split at least (demo.SPLIT_CYCLE)
-        "seconds": number(gt=1),                 # an annotator gap of one second must fit
+        "seconds": number(ge=2),                 # a one-second annotator gap must fit inside a video
         "fps": integer(ge=1),
         "size": Key("an even integer >= 32", lambda v: _is_int(v) and v >= 32 and v % 2 == 0),   # H.264 4:2:0
         "seed": integer(ge=0),
@@ -172,7 +172,8 @@ def _data_rules(p: dict) -> str | None:
 
 def _visual_rules(p: dict) -> str | None:
     if p["min_face"] > p["detect_size"]:
-        return f"visual.min_face must be <= visual.detect_size (faces are looked for in that copy), not {p['min_face']}"
+        return (f"visual.min_face must be <= visual.detect_size (faces are looked for in that copy), "
+                f"not {p['min_face']} > {p['detect_size']}")
     return None
 
 

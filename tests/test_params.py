@@ -38,7 +38,7 @@ def test_allowed_values_are_the_librarys():
 BAD = [   # section, key, value, the message after "params.yaml: "
     ("demo", "videos", 4, "demo.videos must be an integer >= 5, not 4"),
     ("demo", "size", 161, "demo.size must be an even integer >= 32, not 161"),
-    ("demo", "seconds", "8s", "demo.seconds must be a number > 1, not '8s'"),
+    ("demo", "seconds", "8s", "demo.seconds must be a number >= 2, not '8s'"),
     ("data", "source", "youtube", "data.source must be one of demo, affwild2, folder, not 'youtube'"),
     ("data", "root", "", "data.root must be a non-empty string, not ''"),
     ("data", "on_error", "ignore", "data.on_error must be one of fail, skip, not 'ignore'"),
@@ -79,7 +79,7 @@ def test_bad_value_is_one_line_naming_the_key(section, key, value, message):
 @pytest.mark.parametrize("section,changes,message", [
     ("train", {"hop": 65}, "train.hop must be <= train.window (windows must cover every frame), not 65 > 64"),
     ("visual", {"min_face": 700}, "visual.min_face must be <= visual.detect_size (faces are looked for in that "
-                                  "copy), not 700"),
+                                  "copy), not 700 > 640"),
     ("data", {"source": "folder", "validation": 0.5, "test": 0.5},
      "data.validation + data.test must be < 1 (the rest is for training), not 0.5 + 0.5"),
 ])
