@@ -243,7 +243,10 @@ def on_error(params: dict, section: str) -> str:
 
 
 def resolve_device(name: str = "auto") -> str:
+    """The torch device for a `device` param or `--device` flag (auto: cuda when there is one)."""
     import torch
+    if not DEVICE.ok(name):
+        raise DeviceError(f"device must be {DEVICE.allowed}, not {name!r}")
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():

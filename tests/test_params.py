@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from avfusion import fusion, openl3
-from avfusion.errors import ParamsError, UserError
-from avfusion.params import SCHEMA, load_params, on_error, validate
+from avfusion.errors import DeviceError, ParamsError, UserError
+from avfusion.params import SCHEMA, load_params, on_error, resolve_device, validate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARAMS = os.path.join(REPO, "params.yaml")
@@ -125,6 +125,16 @@ def test_on_error_is_checked_by_the_schema():
     with pytest.raises(ParamsError, match="audio.on_error must be one of fail, skip, not 'ignore'"):
         on_error({"on_error": "ignore"}, "audio")
     assert issubclass(ParamsError, UserError)
+
+
+def test_device_flag_is_checked():
+    import torch
+    assert resolve_device("cpu") == "cpu"
+    with pytest.raises(DeviceError, match=r"^device must be auto, cpu, cuda or cuda:<index>, not 'gpu'$"):
+        resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="no CUDA device is available"):
+            resolve_device("cuda:0")
 
 
 @pytest.mark.parametrize("stage,section,key,value,line", [
