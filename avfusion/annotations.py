@@ -12,13 +12,11 @@ import re
 
 import numpy as np
 
+from avfusion.errors import AnnotationError
+
 INVALID = -5.0
 HEADER = ["valence", "arousal"]
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-
-
-class AnnotationError(Exception):
-    """A label file or video id that cannot be used; the message names the file and the line."""
 
 
 def check_video_id(video_id: str, source: str = "") -> str:
@@ -40,8 +38,11 @@ def inside(root: str, *parts: str) -> str:
 
 def read_labels(path: str) -> np.ndarray:
     """[n, 2] float32 (valence, arousal) with -5 where not annotated."""
-    with open(path, encoding="utf-8-sig") as f:
-        lines = f.read().splitlines()
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise AnnotationError(f"{path}: label file not found") from None
     if not lines:
         raise AnnotationError(f"{path}: empty annotation file")
     header = [h.strip().lower() for h in lines[0].split(",")]

@@ -33,6 +33,7 @@ import numpy as np
 import zarr
 
 from avfusion.dataset import read_manifest
+from avfusion.errors import UserError
 from avfusion.media import MediaError
 from avfusion.params import on_error
 from avfusion.store import StoreWriter, bucket_of, file_sha256, store_path
@@ -164,7 +165,7 @@ def _run_one(extract_store: Callable, bucket: int, rows: list[dict], key: str) -
         extract_store(bucket, videos)
     except BucketError:
         raise
-    except MediaError as exc:                # bad input, not a bug: its one line says it all
+    except UserError as exc:                 # bad input, not a bug: its one line says it all
         raise BucketError(bucket, videos.current, str(exc)) from exc
     except Exception as exc:                 # re-raised as a picklable error naming the video
         raise BucketError(bucket, videos.current,

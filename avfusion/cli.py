@@ -5,7 +5,8 @@ import argparse
 import os
 import sys
 
-from avfusion.media import MediaError, probe
+from avfusion.errors import PredictError, UserError
+from avfusion.media import probe
 
 DESCRIPTION = "Audio-visual valence/arousal prediction with models trained by the avfusion pipeline."
 
@@ -14,14 +15,19 @@ def _predict(args: argparse.Namespace) -> None:
     # Fail on a bad video or output path at once, before torch, the models and the extraction load.
     probe(args.video)
     for out in filter(None, (args.out, args.plot)):
-        if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
-            raise FileNotFoundError(f"{out}: its directory does not exist")
+        directory = os.path.dirname(os.path.abspath(out))
+        if not os.path.isdir(directory):
+            raise PredictError(f"{out}: its directory does not exist")
+        if not os.access(directory, os.W_OK):
+            raise PredictError(f"{out}: its directory is not writable")
     # Imported only now: torch and the extractors take seconds to load.
     from avfusion.plots import plot_prediction
     from avfusion.predict import Predictor, write_atomically, write_csv
 
-    result = Predictor(args.model, args.weights, args.device).predict(
-        args.video, args.smooth_valence, args.smooth_arousal)
+    predictor = Predictor(args.model, args.weights, args.device)
+    if predictor.warning:
+        print(f"avfusion {args.command}: warning: {predictor.warning}", file=sys.stderr)
+    result = predictor.predict(args.video, args.smooth_valence, args.smooth_arousal)
     write_atomically(args.out, lambda tmp: write_csv(tmp, result))
     if args.plot:
         write_atomically(args.plot, lambda tmp: plot_prediction(
@@ -56,20 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         args.run(args)
-    except (MediaError, OSError) as exc:
-        return _fail(args, exc)
-    except Exception as exc:
-        from avfusion.predict import PredictError   # already loaded whenever one could be raised
-        if not isinstance(exc, PredictError):
-            raise
-        return _fail(args, exc)
+    except UserError as exc:   # the user's to fix: one line naming the file, no traceback
+        print(f"avfusion {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     return 0
-
-
-def _fail(args: argparse.Namespace, exc: Exception) -> int:
-    """Bad input is the user's to fix: one line naming the file, no traceback."""
-    print(f"avfusion {args.command}: error: {exc}", file=sys.stderr)
-    return 1
 
 
 if __name__ == "__main__":

@@ -25,8 +25,9 @@ import os
 import sys
 import zlib
 
-from avfusion.annotations import AnnotationError, check_video_id, inside, read_labels
-from avfusion.media import MediaError, probe
+from avfusion.annotations import check_video_id, inside, read_labels
+from avfusion.errors import AnnotationError, DatasetError, MediaError
+from avfusion.media import probe
 from avfusion.params import load_params, on_error
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv")
@@ -39,6 +40,8 @@ MANIFEST = "data/manifest.csv"
 
 def read_manifest(path: str = MANIFEST) -> list[dict]:
     """The manifest rows (every value a string, as written by `main`)."""
+    if not os.path.isfile(path):
+        raise DatasetError(f"{path}: not found (run the dataset stage first)")
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
 
@@ -51,7 +54,10 @@ def check_frame_counts(trial: dict) -> None:
 
 
 def demo_trials(root: str) -> list[dict]:
-    with open(os.path.join(root, "splits.csv")) as f:
+    splits = os.path.join(root, "splits.csv")
+    if not os.path.isfile(splits):
+        raise DatasetError(f"{splits}: not found (run the demo stage, or set data.source for your data)")
+    with open(splits) as f:
         rows = list(csv.DictReader(f))
     return [{"video_id": check_video_id(r["video_id"], "splits.csv"), "split": r["split"], "person": "",
              "path": inside(root, "videos", r["video_id"] + ".mp4"),
@@ -73,7 +79,7 @@ def affwild2_trials(root: str, annotations: str, videos: str) -> list[dict]:
                 if trial.endswith("_" + side):
                     stem, person = trial[: -len(side) - 1], side
             if stem not in by_stem:
-                raise FileNotFoundError(f"{label_path}: no video named {stem}.* under {os.path.join(root, videos)}")
+                raise DatasetError(f"{label_path}: no video named {stem}.* under {os.path.join(root, videos)}")
             trials.append({"video_id": trial, "split": split, "person": person,
                            "path": by_stem[stem], "labels": label_path})
     return trials
@@ -88,7 +94,7 @@ def folder_trials(root: str, validation: float, test: float) -> list[dict]:
         video_id = check_video_id(stem, path)
         labels = inside(root, video_id + ".csv")
         if not os.path.exists(labels):
-            raise FileNotFoundError(f"{path}: no label file {labels}")
+            raise AnnotationError(f"{path}: no label file {labels}")
         u = zlib.crc32(video_id.encode()) / 2**32    # stable: adding videos never reshuffles splits
         split = "test" if u < test else "validation" if u < test + validation else "train"
         trials.append({"video_id": video_id, "split": split, "person": "", "path": path, "labels": labels})
@@ -99,6 +105,8 @@ def build_manifest(params: dict, skipped: list[dict] | None = None) -> list[dict
     """Manifest rows sorted by id. With `on_error: skip`, unreadable videos are left out and appended
     to `skipped` (video_id, path, problem); otherwise their MediaError propagates."""
     source, root = params["source"], params["root"]
+    if not os.path.isdir(root):
+        raise DatasetError(f"{root}: data root not found (data.root in params.yaml)")
     if source == "demo":
         trials = demo_trials(root)
     elif source == "affwild2":
@@ -107,12 +115,12 @@ def build_manifest(params: dict, skipped: list[dict] | None = None) -> list[dict
     elif source == "folder":
         trials = folder_trials(root, params["validation"], params["test"])
     else:
-        raise ValueError(f"data.source must be demo, affwild2 or folder, not {source!r}")
+        raise ValueError(f"data.source {source!r} is not demo, affwild2 or folder")   # params refuse it first
     if not trials:
-        raise FileNotFoundError(f"{root}: no videos with labels found for source {source!r}")
+        raise DatasetError(f"{root}: no videos with labels found for source {source!r}")
     ids = [t["video_id"] for t in trials]
     if len(set(ids)) != len(ids):
-        raise ValueError(f"{root}: duplicate video ids: {sorted({i for i in ids if ids.count(i) > 1})}")
+        raise DatasetError(f"{root}: duplicate video ids: {sorted({i for i in ids if ids.count(i) > 1})}")
     skip = on_error(params, "data") == "skip"
     probes, kept = {}, []
     for t in trials:
@@ -129,5 +137,5 @@ def build_manifest(params: dict, skipped: list[dict] | None = None) -> list[dict
         check_frame_counts(t)
         kept.append(t)
     if not kept:
-        raise FileNotFoundError(f"{root}: every video was skipped as unreadable")
+        raise DatasetError(f"{root}: every video was skipped as unreadable")
     return sorted(kept, key=lambda t: t["video_id"])

@@ -24,6 +24,7 @@ import numpy as np
 from scipy.ndimage import uniform_filter1d
 
 from avfusion.dataset import MANIFEST, read_manifest
+from avfusion.errors import CheckpointError
 from avfusion.metrics import INVALID, ccc, ccc_centring, split_ccc
 from avfusion.params import load_params, resolve_device
 from avfusion.plots import DATA_DIR, PNG_DIR, write_plots
@@ -161,7 +162,7 @@ def fold_dirs(models_dir: str) -> list[str]:
     found = [d for d in glob.glob(os.path.join(models_dir, "fold-*")) if os.path.isdir(d)]
     numbered = sorted((int(m.group(1)), d) for d in found if (m := re.search(r"fold-(\d+)$", d)))
     if not numbered:
-        raise FileNotFoundError(f"{models_dir}: no fold-<i> model directories (run the train stage first)")
+        raise CheckpointError(f"{models_dir}: no fold-<i> model directories (run the train stage first)")
     return [d for _, d in numbered]
 
 
@@ -172,7 +173,7 @@ def check_features(folds: list[str], configs: list[dict], visual_dir: str, audio
     for fold, config in zip(folds, configs):
         for name, directory in stores.items():
             if config["provenance"][name] != provenance[name]:
-                raise SystemExit(f"{fold}: trained on other {name} features than {directory} holds "
+                raise CheckpointError(f"{fold}: trained on other {name} features than {directory} holds "
                                  "(re-run the train stage)")
 
 

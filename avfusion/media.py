@@ -12,9 +12,7 @@ from typing import Iterator
 import av
 import numpy as np
 
-
-class MediaError(Exception):
-    """A video that cannot be used; the message names the file and the problem in one line."""
+from avfusion.errors import MediaError
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avfusion.errors import WeightsError
+
 SAMPLE_RATE = 48000
 WINDOW = SAMPLE_RATE                 # samples per 1 s window
 STFT_HOP = 242
@@ -188,7 +190,7 @@ def load_weights(model: OpenL3, path: str) -> OpenL3:
         # anything else is a fixed front-end kernel of old kapre versions, recomputed here
     expected = [(3, 3, c_in, c_out) for c_in, c_out in zip((1,) + CHANNELS[:-1], CHANNELS)]
     if [k.shape for k, _ in convs] != expected or len(norms) != len(CHANNELS):
-        raise ValueError(f"{path}: not an OpenL3 audio weight file (found {len(convs)} conv and {len(norms)} "
+        raise WeightsError(f"{path}: not an OpenL3 audio weight file (found {len(convs)} conv and {len(norms)} "
                          f"batch-norm layers with shapes {[k.shape for k, _ in convs]})")
 
     def affine(gamma, beta, mean, var):

@@ -1,29 +1,254 @@
-"""Each stage reads only its own section of params.yaml (plain YAML, loaded safely)."""
+"""params.yaml: each stage reads its own section(s), checked against one schema before any work.
+
+`SCHEMA` lists every key of every section: what it allows and, for optional keys, the value used when
+it is absent (the library's own default; `load_params` fills it in). Unknown keys are refused: a
+misspelt key would otherwise be silently ignored. A bad value is a `ParamsError` whose one line names
+the key and what is allowed, e.g. `params.yaml: train.window must be an integer >= 1, not 0`.
+Adding a key is one line in `SCHEMA`.
+"""
 from __future__ import annotations
+
+import math
+import operator
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import yaml
 
+from avfusion.errors import DeviceError, ParamsError
 
-def load_params(section: str, path: str = "params.yaml") -> dict:
-    with open(path) as f:
-        params = yaml.safe_load(f) or {}
-    if section not in params:
-        raise KeyError(f"{path}: no '{section}' section")
-    return params[section]
+PARAMS = "params.yaml"
+REQUIRED = object()        # a key without a default must be present
+ABSENT = object()          # an optional key that stays absent when not given (read only by some sources)
 
 
-def on_error(params: dict, section: str) -> str:
-    """A section's `on_error`: `fail` (default) or `skip` (leave bad videos out and report them)."""
-    value = params.get("on_error", "fail")
-    if value not in ("fail", "skip"):
-        raise SystemExit(f"{section}.on_error must be 'fail' or 'skip', not {value!r}")
+@dataclass(frozen=True)
+class Key:
+    allowed: str                        # what the key allows, as the error message says it
+    ok: Callable[[Any], bool]
+    default: Any = REQUIRED
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def _bounds(ge=None, gt=None, le=None, lt=None) -> tuple[str, Callable[[Any], bool]]:
+    """(" >= 0 and < 1", the test) for the bounds given."""
+    tests = [(sign, bound, op) for sign, bound, op in ((">=", ge, operator.ge), (">", gt, operator.gt),
+                                                       ("<=", le, operator.le), ("<", lt, operator.lt))
+             if bound is not None]
+    words = " and ".join(f"{sign} {bound}" for sign, bound, _ in tests)
+    return (" " + words if words else ""), lambda v: all(op(v, bound) for _, bound, op in tests)
+
+
+def integer(ge=None, gt=None, le=None, lt=None, default=REQUIRED) -> Key:
+    text, within = _bounds(ge, gt, le, lt)
+    return Key("an integer" + text, lambda v: _is_int(v) and within(v), default)
+
+
+def number(ge=None, gt=None, le=None, lt=None, default=REQUIRED) -> Key:
+    text, within = _bounds(ge, gt, le, lt)
+    return Key("a number" + text, lambda v: _is_number(v) and within(v), default)
+
+
+def one_of(*values, default=REQUIRED) -> Key:
+    # compared with their types: YAML `true` must not pass for 1, nor "512" for 512
+    return Key("one of " + ", ".join(map(str, values)),
+               lambda v: any(type(v) is type(c) and v == c for c in values), default)
+
+
+def boolean(default=REQUIRED) -> Key:
+    return Key("true or false", lambda v: isinstance(v, bool), default)
+
+
+def text(default=REQUIRED) -> Key:
+    return Key("a non-empty string", lambda v: isinstance(v, str) and bool(v.strip()), default)
+
+
+def weights(*named: str) -> Key:
+    # Whether the file exists is checked by the weights stage (weights.check_spec), the one stage that
+    # reads it: the extraction stages use its copy in data/weights/, which a teammate may have pulled.
+    return Key(f"{', '.join(named)} or the path of an existing file", lambda v: isinstance(v, str) and bool(v.strip()))
+
+
+DEVICE = Key("auto, cpu, cuda or cuda:<index>",
+             lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None, "auto")
+ON_ERROR = one_of("fail", "skip", default="fail")   # bad media: stop with one line, or leave the video out
+SPLIT_SHARE = number(ge=0, lt=1, default=ABSENT)
+
+SCHEMA: dict[str, dict[str, Key]] = {
+    "demo": {
+        "videos": integer(ge=5),                 # one video of each split at least (demo.SPLIT_CYCLE)
+        "seconds": number(ge=2),                 # a one-second annotator gap must fit inside a video
+        "fps": integer(ge=1),
+        "size": Key("an even integer >= 32", lambda v: _is_int(v) and v >= 32 and v % 2 == 0),   # H.264 4:2:0
+        "seed": integer(ge=0),
+    },
+    "data": {
+        "source": one_of("demo", "affwild2", "folder"),
+        "root": text(),
+        "validation": SPLIT_SHARE,               # folder source only
+        "test": SPLIT_SHARE,
+        "annotations": text(default=ABSENT),     # affwild2 only: folders under root, when not the official ones
+        "videos": text(default=ABSENT),
+        "on_error": ON_ERROR,
+    },
+    "visual": {
+        "weights": weights("random", "vggface2", "casia-webface"),
+        "seed": integer(ge=0),
+        "detect_size": integer(ge=1),
+        "min_face": integer(ge=1),
+        "margin": integer(ge=0),
+        "batch_size": integer(ge=1),
+        "keep_pooled": boolean(),
+        "device": DEVICE,
+        "stores": integer(ge=1),
+        "workers": integer(ge=1),
+        "on_error": ON_ERROR,
+    },
+    "audio": {
+        "weights": weights("random", "env", "music"),
+        "seed": integer(ge=0),
+        "input_repr": one_of("linear", "mel128", "mel256"),   # openl3.FRONT_ENDS
+        "embedding_size": one_of(512, 6144),
+        "rate": number(ge=0),
+        "silence_db": number(le=0),
+        "silence_window": number(gt=0),
+        "batch_size": integer(ge=1),
+        "device": DEVICE,
+        "stores": integer(ge=1),
+        "workers": integer(ge=1),
+        "on_error": ON_ERROR,
+    },
+    "fusion": {
+        "type": one_of("jca", "lfan", "cross_attention", "concat", "late", "audio_only", "visual_only"),  # fusion.TYPES
+        "dim": integer(ge=1, default=128),
+        "hidden": integer(ge=1, default=32),
+        "dropout": number(ge=0, lt=1, default=0.6),
+        "tcn_kernel": integer(ge=1, default=5),
+        "tcn_dropout": number(ge=0, lt=1, default=0.1),
+    },
+    "train": {
+        "seed": integer(ge=0),
+        "window": integer(ge=1),
+        "hop": integer(ge=1),
+        "batch_size": integer(ge=1),
+        "epochs": integer(ge=1),
+        "lr": number(gt=0),
+        "weight_decay": number(ge=0),
+        "scheduler": one_of("cosine", "constant", default="cosine"),
+        "grad_clip": number(gt=0, default=1.0),
+        "patience": integer(ge=1),
+        "device": DEVICE,
+        "folds": integer(ge=1, default=1),
+    },
+    "eval": {
+        "clip": boolean(),
+        "smooth_valence": integer(ge=0),
+        "smooth_arousal": integer(ge=0),
+        "plot_videos": integer(ge=0),
+        "device": DEVICE,
+    },
+}
+
+
+def _data_rules(p: dict) -> str | None:
+    if p["source"] == "folder":
+        for key in ("validation", "test"):
+            if key not in p:
+                return f"data.{key} is missing (the folder source splits by it: {SPLIT_SHARE.allowed})"
+        if p["validation"] + p["test"] >= 1:
+            return (f"data.validation + data.test must be < 1 (the rest is for training), "
+                    f"not {p['validation']} + {p['test']}")
+    return None
+
+
+def _visual_rules(p: dict) -> str | None:
+    if p["min_face"] > p["detect_size"]:
+        return (f"visual.min_face must be <= visual.detect_size (faces are looked for in that copy), "
+                f"not {p['min_face']} > {p['detect_size']}")
+    return None
+
+
+def _train_rules(p: dict) -> str | None:
+    if p["hop"] > p["window"]:
+        return f"train.hop must be <= train.window (windows must cover every frame), not {p['hop']} > {p['window']}"
+    return None
+
+
+# Rules between keys of one section, run once every key is valid: the problem in one line, or None.
+RULES: dict[str, Callable[[dict], str | None]] = {"data": _data_rules, "visual": _visual_rules, "train": _train_rules}
+
+
+def invalid(section: str, key: str, value, allowed: str, path: str = PARAMS) -> ParamsError:
+    return ParamsError(f"{path}: {section}.{key} must be {allowed}, not {value!r}")
+
+
+def check_value(section: str, key: str, value, path: str = PARAMS):
+    """The value if `section.key` allows it; raises ParamsError otherwise."""
+    rule = SCHEMA[section][key]
+    if not rule.ok(value):
+        raise invalid(section, key, value, rule.allowed, path)
     return value
 
 
+def validate(section: str, values, path: str = PARAMS) -> dict:
+    """A section checked against SCHEMA, with the defaults of absent optional keys filled in."""
+    if not isinstance(values, dict):
+        raise ParamsError(f"{path}: '{section}' must be a mapping of keys to values, not {values!r}")
+    schema = SCHEMA[section]
+    unknown = sorted(set(values) - set(schema), key=str)
+    if unknown:
+        raise ParamsError(f"{path}: {section}.{unknown[0]} is not a known key (known: {', '.join(schema)})")
+    checked = {key: check_value(section, key, value, path) for key, value in values.items()}   # the file's order
+    for key, rule in schema.items():
+        if key in checked:
+            continue
+        if rule.default is REQUIRED:
+            raise ParamsError(f"{path}: {section}.{key} is missing ({rule.allowed})")
+        if rule.default is not ABSENT:
+            checked[key] = rule.default
+    problem = RULES[section](checked) if section in RULES else None
+    if problem:
+        raise ParamsError(f"{path}: {problem}")
+    return checked
+
+
+def load_params(section: str, path: str = PARAMS) -> dict:
+    """One section of params.yaml, validated (see `validate`)."""
+    try:
+        with open(path) as f:
+            params = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found (run from the project's root)") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ParamsError(f"{path}: not valid YAML{where} ({getattr(exc, 'problem', None) or exc})") from None
+    if not isinstance(params, dict) or section not in params:
+        raise ParamsError(f"{path}: no '{section}' section")
+    return validate(section, params[section], path)
+
+
+def on_error(params: dict, section: str) -> str:
+    """A section's `on_error`: `fail` (the default) or `skip` (leave bad videos out and report them)."""
+    return check_value(section, "on_error", params.get("on_error", ON_ERROR.default))
+
+
 def resolve_device(name: str = "auto") -> str:
+    """The torch device for a `device` param or `--device` flag (auto: cuda when there is one)."""
     import torch
+    if not DEVICE.ok(name):
+        raise DeviceError(f"device must be {DEVICE.allowed}, not {name!r}")
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device '{name}' requested but no CUDA device is available")
+        raise DeviceError(f"device '{name}' requested but no CUDA device is available")
     return name

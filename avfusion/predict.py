@@ -4,6 +4,9 @@ Features are extracted exactly as for the model's training data: the fold's conf
 feature stores' provenance (extractor, its params, the weights' SHA-256), and the weight files used
 here must hash the same. With several folds (a `models/` directory) their predictions are merged by
 CCC centring, as the evaluate stage merges test predictions.
+
+A model trained on the synthetic demo, or on features of seeded-random backbones, predicts numbers
+that look plausible on any video: `demo_warning` says so (config.json's `trained_on` tells).
 """
 from __future__ import annotations
 
@@ -16,19 +19,17 @@ import numpy as np
 from avfusion import audio as audio_stage
 from avfusion import visual as visual_stage
 from avfusion.audio import AudioEmbedder
+from avfusion.errors import CheckpointError, MediaError, PredictError
 from avfusion.evaluate import fold_dirs, merge_folds, postprocess
 from avfusion.faces import FaceTrackEmbedder
-from avfusion.media import MediaError
 from avfusion.params import resolve_device
 from avfusion.store import file_sha256
 from avfusion.train import load_model
 from avfusion.windows import predict_video
 
 COLUMNS = ["frame", "time", "valence", "arousal", "face", "audio"]
-
-
-class PredictError(Exception):
-    """A model or weights that cannot be used; the message names the path in one line."""
+HOW_TO_TRAIN = ("to train a real model, set visual.weights: vggface2 and audio.weights: env in params.yaml, "
+                "point data.source and data.root at your dataset, and run `dvc repro`")
 
 
 def model_folds(model_dir: str) -> list[str]:
@@ -39,13 +40,25 @@ def model_folds(model_dir: str) -> list[str]:
         raise PredictError(f"{model_dir}: model directory not found")
     try:
         return fold_dirs(model_dir)
-    except FileNotFoundError:
+    except CheckpointError:
         raise PredictError(f"{model_dir}: no trained model (config.json or fold-<i>/) in it") from None
 
 
 def default_weights_dir(fold_dir: str) -> str:
     """data/weights of the project the model belongs to (its folds live in <project>/models/fold-<i>)."""
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(fold_dir))), "data", "weights")
+
+
+def demo_warning(config: dict) -> str | None:
+    """One line when the model's output on real video is not meaningful; None otherwise (or unknown)."""
+    trained_on = config.get("trained_on") or {}
+    reasons = ["on the synthetic demo"] if trained_on.get("data_source") == "demo" else []
+    random = [name for name in ("visual", "audio") if trained_on.get(f"{name}_weights") == "random"]
+    if random:
+        reasons.append(f"with seeded-random {' and '.join(random)} backbone weights")
+    if not reasons:
+        return None
+    return f"this model was trained {' '.join(reasons)}: its output on real video is not meaningful; {HOW_TO_TRAIN}"
 
 
 def checked_weights(path: str, provenance: dict, name: str) -> str:
@@ -67,6 +80,7 @@ class Predictor:
         provenance = self.models[0][1]["provenance"]
         if any(config["provenance"] != provenance for _, config in self.models):
             raise PredictError(f"{model_dir}: its folds were trained on different features")
+        self.warning = demo_warning(self.models[0][1])
         weights_dir = weights_dir or default_weights_dir(folds[0])
         visual, audio = provenance["visual"], provenance["audio"]
         for name, prov, module in (("visual", visual, visual_stage), ("audio", audio, audio_stage)):

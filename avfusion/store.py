@@ -26,6 +26,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
 
+from avfusion.errors import DatasetError
+
 FORMAT = "avfusion-features/2"   # 2: embeddings stored uncompressed (memory-mapped reads)
 ROWS_PER_CHUNK = 256          # a 300-frame window reads 2-3 chunks per array
 ROWS_PER_SHARD = 16384        # ~32 MB of 512-d float32 per shard file
@@ -192,7 +194,7 @@ class FeatureReader:
     def __init__(self, directory: str):
         paths = sorted(glob.glob(os.path.join(directory, "store-*.zarr")))
         if not paths:
-            raise FileNotFoundError(f"{directory}: no feature stores (run the extraction stage first)")
+            raise DatasetError(f"{directory}: no feature stores (run the extraction stage first)")
         self.directory = directory
         self.groups = [zarr.open_group(p, mode="r") for p in paths]
         self.arrays: list[dict[str, zarr.Array]] = [dict(g.arrays()) for g in self.groups]

@@ -8,8 +8,9 @@ on the CPU, runs are bit-identical for a seed. Under torchrun each process train
 epoch's windows (DDP: nccl on CUDA, gloo on the CPU); rank 0 writes the outputs.
 
 Outputs: models/fold-<i>/model.pt (state_dict) and config.json (what `load_model` and prediction need:
-fusion params, window, hop, feature dims and the extractors' provenance); dvclive curves and
-summaries under reports/train/.
+fusion params, window, hop, feature dims, the extractors' provenance, and what the model was trained on:
+data source and backbone weights, so `avfusion predict` can say when a model is only the demo's); dvclive
+curves and summaries under reports/train/.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from avfusion.dataset import MANIFEST, read_manifest
+from avfusion.errors import CheckpointError, DatasetError
 from avfusion.fusion import build_model
 from avfusion.metrics import masked_ccc_loss, split_ccc
 from avfusion.params import load_params, resolve_device
@@ -49,8 +51,8 @@ def fold_entries(manifest: list[dict], folds: int) -> list[tuple[list[dict], lis
     train = [e for e in manifest if e["split"] == "train"]
     validation = [e for e in manifest if e["split"] == "validation"]
     if not train or not validation:
-        raise ValueError(f"{MANIFEST}: training needs train and validation videos "
-                         f"(found {len(train)} and {len(validation)})")
+        raise DatasetError(f"{MANIFEST}: training needs train and validation videos "
+                           f"(found {len(train)} and {len(validation)})")
     result = [(train, validation)]
     files: dict[str, list[dict]] = {}
     for e in validation + train:
@@ -152,17 +154,14 @@ def save_fold(directory: str, state: dict, config: dict) -> None:
         json.dump(config, f, indent=2)
 
 
-class CheckpointError(OSError):
-    """A model.pt that is not a plain state_dict (e.g. a pickle carrying code). An OSError, like a
-    missing file, so command-line entry points report it as one line."""
-
-
 def load_model(fold_dir: str, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
     """A trained fold's model (eval mode, on device) and its config.json."""
     with open(os.path.join(fold_dir, "config.json")) as f:
         config = json.load(f)
     model = build_model(config["fusion"], config["window"], config["dim_visual"], config["dim_audio"])
     path = os.path.join(fold_dir, "model.pt")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: not found (run the train stage, or `dvc pull` the models)")
     try:   # weights_only: tensors and plain containers only; a pickle with code is never executed
         state = torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -174,8 +173,11 @@ def load_model(fold_dir: str, device: str = "cpu") -> tuple[torch.nn.Module, dic
     return model.to(device).eval(), config
 
 
-def run(fusion: dict, params: dict, root: str = ".") -> list[dict]:
-    """Train every fold; returns each fold's summary (on every rank)."""
+def run(fusion: dict, params: dict, root: str = ".", trained_on: dict | None = None) -> list[dict]:
+    """Train every fold; returns each fold's summary (on every rank).
+
+    `trained_on` (data_source, visual_weights, audio_weights: the params they were set by) is recorded
+    in each fold's config.json."""
     rank, world, device = distributed_setup(params.get("device", "auto"))
     path = lambda p: os.path.join(root, p)   # noqa: E731
     manifest = read_manifest(path(MANIFEST))
@@ -199,7 +201,7 @@ def run(fusion: dict, params: dict, root: str = ".") -> list[dict]:
             save_fold(path(os.path.join(MODELS, f"fold-{fold}")), state, {
                 "fold": fold, "fusion": copy.deepcopy(fusion), "window": params["window"], "hop": params["hop"],
                 "dim_visual": train.visual.shape[1], "dim_audio": train.audio.shape[1],
-                "provenance": provenance, "seed": params["seed"] + fold,
+                "provenance": provenance, "trained_on": trained_on, "seed": params["seed"] + fold,
                 "train_videos": train.video_ids, "validation_videos": validation.video_ids,
                 # no wall-clock time in the model's files: CPU retraining reproduces them byte for byte
                 "validation": {k: v for k, v in summary.items() if k != "seconds"}})

@@ -11,13 +11,13 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
-import sys
 import tempfile
 import urllib.request
 
 import torch
 
-from avfusion.params import load_params
+from avfusion.errors import WeightsError
+from avfusion.params import SCHEMA, invalid
 
 VISUAL_OUT = "data/weights/visual.pt"
 AUDIO_OUT = "data/weights/audio.h5"
@@ -26,10 +26,14 @@ FACENET_URLS = {
     "casia-webface": "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180408-102900-casia-webface.pt",
 }
 OPENL3_URL = "https://github.com/marl/openl3/raw/models/openl3_audio_{repr}_{content}-v0_4_0.h5.gz"
+VISUAL_NAMED = ("random", *FACENET_URLS)
+AUDIO_NAMED = ("random", "env", "music")
 
 
-class WeightsError(Exception):
-    pass
+def check_spec(spec: str, named: tuple[str, ...], section: str) -> None:
+    """`<section>.weights` names weights or is a file that exists (checked here, where it is read)."""
+    if spec not in named and not os.path.isfile(spec):
+        raise invalid(section, "weights", spec, SCHEMA[section]["weights"].allowed)
 
 
 def download(url: str, dest: str, param: str) -> None:
@@ -58,19 +62,19 @@ def check_state_dict(path: str) -> None:
 
 
 def make_visual(spec: str, seed: int, out: str) -> None:
+    check_spec(spec, VISUAL_NAMED, "visual")
     if spec == "random":
         from avfusion.faces import random_state_dict
         torch.save(random_state_dict(seed), out)
     elif spec in FACENET_URLS:
         download(FACENET_URLS[spec], out, "visual.weights")
-    elif os.path.isfile(spec):
-        shutil.copyfile(spec, out)
     else:
-        raise WeightsError(f"visual.weights: {spec!r} is neither random, vggface2, casia-webface nor an existing file")
+        shutil.copyfile(spec, out)
     check_state_dict(out)
 
 
 def make_audio(spec: str, seed: int, input_repr: str, embedding_size: int, out: str) -> None:
+    check_spec(spec, AUDIO_NAMED, "audio")
     if spec == "random":
         from avfusion.openl3 import write_random_weights
         write_random_weights(out, input_repr, embedding_size, seed)
@@ -80,10 +84,8 @@ def make_audio(spec: str, seed: int, input_repr: str, embedding_size: int, out: 
             download(OPENL3_URL.format(repr=input_repr, content=spec), packed, "audio.weights")
             with gzip.open(packed, "rb") as src, open(out, "wb") as dst:
                 shutil.copyfileobj(src, dst)
-    elif os.path.isfile(spec):
-        shutil.copyfile(spec, out)
     else:
-        raise WeightsError(f"audio.weights: {spec!r} is neither random, env, music nor an existing file")
+        shutil.copyfile(spec, out)
 
 
 FER_VERSION = "25.10.3"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from avfusion.audio import OUT_DIR, SKIP_REPORT, extract_store
 from avfusion.buckets import run_extraction_stage
+from avfusion.errors import run_entry_point
 from avfusion.params import load_params
 
 
@@ -11,4 +12,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry_point("audio", main)

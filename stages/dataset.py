@@ -4,11 +4,9 @@ from __future__ import annotations
 import csv
 import json
 import os
-import sys
 
-from avfusion.annotations import AnnotationError
 from avfusion.dataset import COLUMNS, MANIFEST, REPORT, build_manifest
-from avfusion.media import MediaError
+from avfusion.errors import run_entry_point
 from avfusion.params import load_params
 
 
@@ -36,7 +34,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (MediaError, AnnotationError, FileNotFoundError, ValueError) as exc:   # bad input: one line
-        sys.exit(f"dataset: {exc}")
+    run_entry_point("dataset", main)

@@ -6,6 +6,7 @@ import os
 import shutil
 
 from avfusion.demo import make_video
+from avfusion.errors import run_entry_point
 from avfusion.params import load_params
 
 OUT_DIR = "data/demo"
@@ -23,4 +24,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry_point("demo", main)

@@ -1,9 +1,9 @@
 """DVC stage `evaluate` (params: eval): metrics, per-video CCC, ABAW prediction files and plots."""
 from __future__ import annotations
 
+from avfusion.errors import run_entry_point
 from avfusion.evaluate import run
 from avfusion.params import load_params
-from avfusion.train import CheckpointError
 
 
 def main() -> None:
@@ -15,7 +15,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except CheckpointError as exc:   # an unsafe or unreadable model.pt: one line, no traceback
-        raise SystemExit(f"evaluate: {exc}") from None
+    run_entry_point("evaluate", main)

@@ -1,13 +1,19 @@
-"""DVC stage `train` (params: fusion, train): one fusion model per fold into models/, curves into reports/train."""
+"""DVC stage `train` (params: fusion, train; data.source, visual.weights, audio.weights are recorded in
+each model's config.json): one fusion model per fold into models/, curves into reports/train."""
 from __future__ import annotations
 
+from avfusion.errors import run_entry_point
 from avfusion.params import load_params
 from avfusion.train import run
 
 
 def main() -> None:
-    run(load_params("fusion"), load_params("train"))
+    fusion, train = load_params("fusion"), load_params("train")
+    trained_on = {"data_source": load_params("data")["source"],
+                  "visual_weights": load_params("visual")["weights"],
+                  "audio_weights": load_params("audio")["weights"]}
+    run(fusion, train, trained_on=trained_on)
 
 
 if __name__ == "__main__":
-    main()
+    run_entry_point("train", main)

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from avfusion.buckets import run_extraction_stage
+from avfusion.errors import run_entry_point
 from avfusion.params import load_params
 from avfusion.visual import OUT_DIR, SKIP_REPORT, extract_store
 
@@ -14,4 +15,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry_point("visual", main)

@@ -3,23 +3,22 @@ the backbones' weight files in data/weights/, downloaded, copied or seeded."""
 from __future__ import annotations
 
 import os
-import sys
 
+from avfusion.errors import run_entry_point
 from avfusion.params import load_params
-from avfusion.weights import AUDIO_OUT, VISUAL_OUT, WeightsError, make_audio, make_visual
+from avfusion.weights import AUDIO_NAMED, AUDIO_OUT, VISUAL_NAMED, VISUAL_OUT, check_spec, make_audio, make_visual
 
 
 def main() -> None:
     visual, audio = load_params("visual"), load_params("audio")
+    check_spec(visual["weights"], VISUAL_NAMED, "visual")   # both, before a download
+    check_spec(audio["weights"], AUDIO_NAMED, "audio")
     os.makedirs(os.path.dirname(VISUAL_OUT), exist_ok=True)
-    try:
-        make_visual(str(visual["weights"]), visual["seed"], VISUAL_OUT)
-        make_audio(str(audio["weights"]), audio["seed"], audio["input_repr"], audio["embedding_size"], AUDIO_OUT)
-    except WeightsError as exc:
-        sys.exit(f"weights: {exc}")
+    make_visual(visual["weights"], visual["seed"], VISUAL_OUT)
+    make_audio(audio["weights"], audio["seed"], audio["input_repr"], audio["embedding_size"], AUDIO_OUT)
     print(f"weights: visual={visual['weights']} audio={audio['weights']} "
           f"({audio['input_repr']}, {audio['embedding_size']})")
 
 
 if __name__ == "__main__":
-    main()
+    run_entry_point("weights", main)

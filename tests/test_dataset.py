@@ -8,6 +8,8 @@ from PIL import Image
 from avfusion.annotations import AnnotationError, check_video_id, inside, read_labels, write_labels
 from avfusion.dataset import build_manifest
 from avfusion.demo import write_video
+from avfusion.errors import DatasetError, ParamsError
+from avfusion.params import validate
 
 
 def tiny_video(path, frames=6, size=32, audio=True):
@@ -78,7 +80,7 @@ def test_affwild2_missing_video_is_an_error(tmp_path):
     ann.mkdir(parents=True)
     (tmp_path / "videos").mkdir()
     labels_file(ann / "42.txt", [[0, 0]])
-    with pytest.raises(FileNotFoundError, match="no video named 42"):
+    with pytest.raises(DatasetError, match="no video named 42"):
         build_manifest({"source": "affwild2", "root": str(tmp_path)})
 
 
@@ -97,10 +99,16 @@ def test_folder_source_splits_stably(tmp_path):
 
 def test_folder_source_needs_labels(tmp_path):
     tiny_video(tmp_path / "a.mp4", frames=2)
-    with pytest.raises(FileNotFoundError, match="no label file"):
+    with pytest.raises(AnnotationError, match="no label file"):
         build_manifest({"source": "folder", "root": str(tmp_path), "validation": 0.2, "test": 0.2})
 
 
-def test_unknown_source(tmp_path):
-    with pytest.raises(ValueError, match="data.source"):
-        build_manifest({"source": "nope", "root": str(tmp_path)})
+def test_unknown_source_is_refused_by_the_params_schema():
+    with pytest.raises(ParamsError, match=r"^params.yaml: data.source must be one of demo, affwild2, folder, "
+                                          r"not 'nope'$"):
+        validate("data", {"source": "nope", "root": "data"})
+
+
+def test_missing_data_root_is_a_dataset_error(tmp_path):
+    with pytest.raises(DatasetError, match="nowhere: data root not found"):
+        build_manifest({"source": "demo", "root": str(tmp_path / "nowhere")})

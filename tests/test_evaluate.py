@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from avfusion.annotations import read_labels
+from avfusion.errors import CheckpointError
 from avfusion.evaluate import (VideoResult, fold_dirs, merge_folds, moving_average, per_video_rows,
                              postprocess, scores, split_metrics, write_abaw, write_metrics, write_per_video)
 from avfusion.metrics import INVALID, ccc_centring
@@ -110,7 +111,7 @@ def test_fold_directories_in_numeric_order(tmp_path):
         (tmp_path / f"fold-{i}").mkdir()
     (tmp_path / "fold-notes.txt").write_text("")
     assert [os.path.basename(d) for d in fold_dirs(str(tmp_path))] == ["fold-0", "fold-1", "fold-2", "fold-10"]
-    with pytest.raises(FileNotFoundError, match="no fold"):
+    with pytest.raises(CheckpointError, match="no fold"):
         fold_dirs(str(tmp_path / "missing"))
 
 
@@ -205,5 +206,5 @@ def test_evaluate_refuses_models_trained_on_other_features(trained, tmp_path):
     config = json.load(open(config_path))
     config["provenance"]["audio"]["extractor"] = "something-else"
     json.dump(config, open(config_path, "w"))
-    with pytest.raises(SystemExit, match="fold-1: trained on other audio features"):
+    with pytest.raises(CheckpointError, match="fold-1: trained on other audio features"):
         run(EVAL, root=copy)

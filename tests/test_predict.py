@@ -1,6 +1,8 @@
 """`avfusion predict` on real tiny videos made with PyAV, with a real (untrained) model and seeded weights."""
 import csv
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -13,7 +15,7 @@ from avfusion import visual as visual_stage
 from avfusion.cli import main
 from avfusion.demo import draw_face, write_video
 from avfusion.fusion import build_model
-from avfusion.predict import COLUMNS
+from avfusion.predict import COLUMNS, HOW_TO_TRAIN, demo_warning
 from avfusion.store import FORMAT, file_sha256
 from avfusion.train import save_fold
 from avfusion.weights import make_audio, make_visual
@@ -123,3 +125,32 @@ def test_missing_model_is_one_line(tmp_path, capsys):
     assert main(["predict", video, "--out", str(tmp_path / "p.csv"), "--model", str(tmp_path / "nope")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "nope: model directory not found" in err
+
+
+def test_demo_model_warns_once_and_still_predicts(project, tmp_path, capsys):
+    """A model whose config.json says it learned the synthetic demo with seeded-random backbones."""
+    fold = tmp_path / "models" / "fold-0"
+    shutil.copytree(project / "models" / "fold-0", fold)
+    config = json.loads((fold / "config.json").read_text())
+    config["trained_on"] = {"data_source": "demo", "visual_weights": "random", "audio_weights": "random"}
+    (fold / "config.json").write_text(json.dumps(config))
+    video = make_video(tmp_path / "clip.mkv", False, False)     # no face, no sound: the quickest to predict
+    out = tmp_path / "pred.csv"
+    assert main(["predict", video, "--out", str(out), "--model", str(fold),
+                 "--weights", str(project / "data" / "weights"), "--device", "cpu"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warnings == ["avfusion predict: warning: this model was trained on the synthetic demo with "
+                        "seeded-random visual and audio backbone weights: its output on real video is not "
+                        "meaningful; " + HOW_TO_TRAIN]
+    assert "visual.weights: vggface2" in HOW_TO_TRAIN and "audio.weights: env" in HOW_TO_TRAIN
+    assert len(read_rows(out)[1]) == FRAMES                      # the prediction still ran
+
+
+def test_demo_warning_only_for_demo_data_or_random_weights():
+    real = {"data_source": "affwild2", "visual_weights": "vggface2", "audio_weights": "env"}
+    assert demo_warning({"trained_on": real}) is None
+    assert demo_warning({}) is None                                  # a model from before it was recorded
+    assert "trained on the synthetic demo: its output" in demo_warning(
+        {"trained_on": {**real, "data_source": "demo"}})
+    assert "trained with seeded-random audio backbone weights: its output" in demo_warning(
+        {"trained_on": {**real, "audio_weights": "random"}})

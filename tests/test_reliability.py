@@ -170,7 +170,8 @@ def test_extraction_fail_stops_with_one_line_and_no_half_written_video(tmp_path,
 def test_unknown_on_error_value_is_one_line(tmp_path, weights, extraction_media):
     stage_project(tmp_path, weights, extraction_media[0], "ignore")
     proc = run_module("stages.audio", tmp_path)
-    assert proc.returncode != 0 and proc.stderr.strip() == "audio.on_error must be 'fail' or 'skip', not 'ignore'"
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "audio: params.yaml: audio.on_error must be one of fail, skip, not 'ignore'"
 
 
 # --- bad annotations through the dataset stage (Aff-Wild2 layout), as real subprocesses -----------

@@ -94,8 +94,12 @@ def test_cross_validation_writes_one_model_per_fold(project):
 
 
 def test_torchrun_ddp_with_two_cpu_processes(project):
+    with open(os.path.join(REPO, "params.yaml")) as f:
+        params = yaml.safe_load(f)
+    params["fusion"].update(FUSION, type="lfan")
+    params["train"].update(TRAIN, epochs=2)
     with open(os.path.join(project, "params.yaml"), "w") as f:
-        yaml.safe_dump({"fusion": {**FUSION, "type": "lfan"}, "train": {**TRAIN, "epochs": 2}}, f)
+        yaml.safe_dump(params, f)
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -104,3 +108,5 @@ def test_torchrun_ddp_with_two_cpu_processes(project):
     assert result.stdout.count("fold 0: best validation CCC") == 1   # only rank 0 reports and writes
     model, config = load_model(os.path.join(project, "models/fold-0"))
     assert config["fusion"]["type"] == "lfan"
+    # what predict's demo warning reads: the params the data and the backbones were set by
+    assert config["trained_on"] == {"data_source": "demo", "visual_weights": "random", "audio_weights": "random"}

@@ -5,7 +5,10 @@ import pickle
 import pytest
 import torch
 
-from avfusion.weights import WeightsError, check_state_dict, download, make_audio, make_visual
+from avfusion.errors import ParamsError
+from avfusion.params import SCHEMA
+from avfusion.weights import (AUDIO_NAMED, VISUAL_NAMED, WeightsError, check_state_dict, download, make_audio,
+                              make_visual)
 
 
 class Exploit:
@@ -42,9 +45,11 @@ def test_local_state_dict_is_copied(tmp_path):
 
 
 def test_unknown_spec_is_an_error(tmp_path):
-    with pytest.raises(WeightsError, match="neither"):
+    with pytest.raises(ParamsError, match=r"^params.yaml: visual.weights must be random, vggface2, casia-webface "
+                                          r"or the path of an existing file, not 'imagenet'$"):
         make_visual("imagenet", 0, str(tmp_path / "v.pt"))
-    with pytest.raises(WeightsError, match="neither"):
+    with pytest.raises(ParamsError, match=r"audio.weights must be random, env, music or the path of an existing "
+                                          r"file, not 'speech'$"):
         make_audio("speech", 0, "mel128", 512, str(tmp_path / "a.h5"))
 
 
@@ -69,3 +74,8 @@ def test_random_weights_are_seeded(tmp_path):
         assert names
         assert all(np.array_equal(fa[names[i]][w][()], fb[names[i]][w][()])
                    for i in range(len(names)) for w in fa[names[i]].attrs["weight_names"])
+
+
+def test_named_weights_are_the_ones_the_params_schema_lists():
+    for section, named in (("visual", VISUAL_NAMED), ("audio", AUDIO_NAMED)):
+        assert SCHEMA[section]["weights"].allowed == f"{', '.join(named)} or the path of an existing file"
