@@ -39,11 +39,11 @@ def disagreement(ours: np.ndarray, theirs: np.ndarray) -> list[str]:
     """What differs between two sets of boxes, matched one to one by IoU (greedily, best pair first);
     empty when they agree."""
     iou = box_iou(torch.as_tensor(theirs), torch.as_tensor(ours)).numpy()
-    problems = [f"{len(ours)} faces found, the library finds {len(theirs)}"] if len(ours) != len(theirs) else []
+    problems = [f"{len(ours)} faces found, the reference finds {len(theirs)}"] if len(ours) != len(theirs) else []
     while iou.size and iou.max() > 0:
         i, j = np.unravel_index(iou.argmax(), iou.shape)
         if iou[i, j] < MIN_IOU:
-            problems.append(f"library box {np.round(theirs[i].astype(float), 1).tolist()} vs ours "
+            problems.append(f"reference box {np.round(theirs[i].astype(float), 1).tolist()} vs ours "
                             f"{np.round(ours[j].astype(float), 1).tolist()}: IoU {iou[i, j]:.3f}")
         iou[i, :], iou[:, j] = 0, 0
     return problems
@@ -63,4 +63,13 @@ def test_the_fixture_has_several_faces_and_faces_cut_by_the_edge(detections):
 def test_same_faces_as_the_library(detections):
     problems = [f"{name}: {problem}" for name, (_, ours, theirs) in detections.items()
                 for problem in disagreement(ours, theirs)]
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.gpu
+def test_cuda_finds_the_same_faces_as_the_cpu(detections):
+    """The detector runs in float32 on either device (TF32 convolutions aside): the same faces result."""
+    on_cuda = FaceDetector("cuda")
+    problems = [f"{name}: {problem}" for name, (image, on_cpu, _) in detections.items()
+                for problem in disagreement(on_cuda(image[None])[0][0], on_cpu)]
     assert not problems, "\n".join(problems)
