@@ -19,7 +19,6 @@ from PIL import Image
 from avfusion.demo import write_video
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(os.path.dirname(REPO), "shared")
 
 # How drawn test faces look (avfusion.demo.draw_face): MTCNN finds them.
 LOOK = {"background": (40, 60, 80), "stripe": (60, 80, 100), "skin": (220, 170, 130), "face_w": 0.5, "face_h": 0.65}
@@ -121,6 +120,11 @@ def pytest_collection_modifyitems(items):
                                     "mark it @pytest.mark.slow")
 
 
+def pytest_addoption(parser):
+    parser.addoption("--media", default=os.path.join(os.path.dirname(REPO), "shared", "media"),
+                     help="a folder of real media for the optional tests that use it")
+
+
 def pytest_runtest_setup(item):
     if item.get_closest_marker("gpu") and not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
@@ -132,10 +136,11 @@ def pipeline_repo(tmp_path):
 
 
 @pytest.fixture
-def shared_media():
-    path = os.path.join(SHARED, "media")
+def shared_media(request):
+    """Optional real media (`pytest --media DIR`, default ../shared/media beside the checkout)."""
+    path = request.config.getoption("media")
     if not os.path.isdir(path):
-        pytest.skip("../shared/media is not present on this machine")
+        pytest.skip(f"no real media at {path} (optional: pytest --media DIR)")
     return path
 
 

@@ -74,13 +74,16 @@ def naive_rate(path: str, device: str, frames: int = 16) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--video", required=True, help="a real 1080p clip with faces")
+    parser.add_argument("--video", help="a real 1080p clip with faces (without one there is nothing to measure)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--naive", action="store_true")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--out", default="reports/bench_visual.json")
     args = parser.parse_args()
+    if not (args.video and os.path.isfile(args.video)):
+        sys.exit(f"bench_visual: skipped: --video {args.video or 'PATH'} is not a file (it needs a real 1080p clip "
+                 "with faces)")
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
