@@ -91,7 +91,8 @@ def write_video(path: str, frames: list[Image.Image], audio: np.ndarray | None, 
     with av.open(path, "w") as out:
         vstream = out.add_stream("libx264", rate=fps)
         vstream.width, vstream.height = frames[0].size
-        vstream.pix_fmt = "yuv420p"
+        # 4:2:0 needs even sizes (the demo's); odd ones (the tests' edge cases) go in 4:4:4
+        vstream.pix_fmt = "yuv444p" if vstream.width % 2 or vstream.height % 2 else "yuv420p"
         # Bit-reproducible bytes: one encoder thread (else output depends on core count and load) and
         # x264's C code (asm=0). With its assembly (AVX-512 here), the same frames encoded to different
         # bytes depending on what the process had done before, and the float asm (mb-tree) is not

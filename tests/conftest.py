@@ -1,24 +1,46 @@
-"""Shared test fixtures: a shrunken copy of the real pipeline in a temporary git repository."""
+"""Shared test helpers and fixtures: real encoded media, running stages and dvc as a user does, and a
+shrunken copy of the real pipeline in a temporary git repository. Tests import helpers from here."""
 from __future__ import annotations
 
 import glob
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
 import yaml
+from PIL import Image
+
+from avfusion.demo import write_video
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(os.path.dirname(REPO), "shared")
+
+# How drawn test faces look (avfusion.demo.draw_face): MTCNN finds them.
+LOOK = {"background": (40, 60, 80), "stripe": (60, 80, 100), "skin": (220, 170, 130), "face_w": 0.5, "face_h": 0.65}
 
 # The real params.yaml, shrunk so a whole `dvc repro` takes about a minute on 2 cores.
 SMALL = {
     "demo": {"videos": 6, "seconds": 3, "fps": 10},
     "train": {"epochs": 3, "window": 16, "hop": 8, "batch_size": 8},
 }
+
+
+def tone(seconds: float, rate: int = 16000, hz: float = 220.0, amplitude: float = 0.3) -> np.ndarray:
+    """A float32 mono sine: audio any stage decodes and embeds."""
+    return (amplitude * np.sin(2 * np.pi * hz * np.arange(int(rate * seconds)) / rate)).astype(np.float32)
+
+
+def encode_video(path, frames: list[Image.Image], audio: np.ndarray | None = None, fps: int = 10,
+                 sample_rate: int = 16000) -> str:
+    """A real H.264 (+ AAC when `audio` is given) file through the project's own writer; odd frame
+    sizes are encoded in 4:4:4. Returns the path as a string."""
+    write_video(str(path), frames, audio, fps, sample_rate)
+    return str(path)
 
 
 def tree_digest(directory: str) -> dict[str, str]:
@@ -36,8 +58,8 @@ def tool_env() -> dict:
     return env
 
 
-def run(cmd: list[str], cwd: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=tool_env(), capture_output=True, text=True)
+def run(cmd: list[str], cwd: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=env or tool_env(), capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -45,6 +67,17 @@ def run(cmd: list[str], cwd: str, check: bool = True) -> subprocess.CompletedPro
 
 def dvc(*args: str, cwd: str, check: bool = True) -> subprocess.CompletedProcess:
     return run([sys.executable, "-m", "dvc", *args], cwd=cwd, check=check)
+
+
+def run_stage(stage: str, cwd, check: bool = False) -> subprocess.CompletedProcess:
+    """`python -m stages.<stage>` in `cwd`, as dvc runs it, with this checkout's code importable."""
+    env = {**tool_env(), "PYTHONPATH": REPO}
+    return run([sys.executable, "-m", f"stages.{stage}"], cwd=str(cwd), check=check, env=env)
+
+
+def stages_run(dvc_output: str) -> set[str]:
+    """The stages a dvc command (repro, exp run, queue logs) ran, from its "Running stage" lines."""
+    return set(re.findall(r"Running stage '([^']+)'", dvc_output))
 
 
 def shrink(params: dict, overrides: dict) -> dict:
@@ -75,16 +108,39 @@ def make_pipeline_repo(dest: str, overrides: dict | None = None) -> str:
     return dest
 
 
+END_TO_END = {"pipeline_repo", "extracted_pipeline"}     # fixtures that run dvc on the whole pipeline
+
+
+def pytest_collection_modifyitems(items):
+    """The tiers hold: `pytest -m "not slow"` never runs the pipeline end to end."""
+    for item in items:
+        uses = END_TO_END & set(getattr(item, "fixturenames", ()))
+        if uses and not item.get_closest_marker("slow"):
+            raise pytest.UsageError(f"{item.nodeid} runs the pipeline end to end ({', '.join(sorted(uses))}): "
+                                    "mark it @pytest.mark.slow")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--media", default=os.path.join(os.path.dirname(REPO), "shared", "media"),
+                     help="a folder of real media for the optional tests that use it")
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("gpu") and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+
+
 @pytest.fixture
 def pipeline_repo(tmp_path):
     return make_pipeline_repo(str(tmp_path / "repo"))
 
 
 @pytest.fixture
-def shared_media():
-    path = os.path.join(SHARED, "media")
+def shared_media(request):
+    """Optional real media (`pytest --media DIR`, default ../shared/media beside the checkout)."""
+    path = request.config.getoption("media")
     if not os.path.isdir(path):
-        pytest.skip("../shared/media is not present on this machine")
+        pytest.skip(f"no real media at {path} (optional: pytest --media DIR)")
     return path
 
 

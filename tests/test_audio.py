@@ -3,12 +3,12 @@ import csv
 import os
 import shutil
 
-import av
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
-from conftest import tree_digest
+from conftest import encode_video, tone, tree_digest
 from avfusion import audio, media, openl3
 from avfusion.dataset import MANIFEST
 from avfusion.store import FeatureReader
@@ -21,27 +21,11 @@ PARAMS = {"weights": "random", "seed": 0, "input_repr": "mel128", "embedding_siz
 
 def write_video(path, with_audio=True, silence=None):
     """SECONDS of 32x32 H.264 at FPS, with a 16 kHz AAC tone-plus-noise track (silent over `silence`)."""
-    t = np.arange(SECONDS * SR) / SR
-    sound = (0.2 * np.sin(2 * np.pi * 220 * t) + 0.01 * np.random.default_rng(0).standard_normal(len(t)))
+    sound = tone(SECONDS, SR, amplitude=0.2) + 0.01 * np.random.default_rng(0).standard_normal(SECONDS * SR)
     if silence:
         sound[int(silence[0] * SR):int(silence[1] * SR)] = 0.0
-    with av.open(str(path), "w") as out:
-        video = out.add_stream("libx264", rate=FPS)
-        video.width = video.height = 32
-        video.pix_fmt = "yuv420p"
-        sound_stream = out.add_stream("aac", rate=SR, layout="mono") if with_audio else None
-        for k in range(FPS * SECONDS):
-            img = np.full((32, 32, 3), 8 * k % 256, np.uint8)
-            out.mux(video.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
-        out.mux(video.encode())
-        if sound_stream is not None:
-            samples = sound.astype(np.float32)
-            for start in range(0, len(samples), 1024):
-                frame = av.AudioFrame.from_ndarray(samples[None, start:start + 1024], format="fltp", layout="mono")
-                frame.sample_rate, frame.pts = SR, start
-                out.mux(sound_stream.encode(frame))
-            out.mux(sound_stream.encode())
-    return str(path)
+    frames = [Image.new("RGB", (32, 32), (8 * k % 256,) * 3) for k in range(FPS * SECONDS)]
+    return encode_video(path, frames, sound.astype(np.float32) if with_audio else None, FPS, SR)
 
 
 @pytest.fixture(scope="module")

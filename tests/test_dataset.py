@@ -5,16 +5,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import encode_video
 from avfusion.annotations import AnnotationError, check_video_id, inside, read_labels, write_labels
 from avfusion.dataset import build_manifest
-from avfusion.demo import write_video
 from avfusion.errors import DatasetError, ParamsError
 from avfusion.params import validate
 
 
 def tiny_video(path, frames=6, size=32, audio=True):
     images = [Image.new("RGB", (size, size), (10 * i, 80, 120)) for i in range(frames)]
-    write_video(str(path), images, np.zeros(16000 * frames // 10, np.float32) if audio else None, fps=10)
+    encode_video(path, images, np.zeros(16000 * frames // 10, np.float32) if audio else None, fps=10)
 
 
 def labels_file(path, rows):

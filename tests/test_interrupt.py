@@ -14,7 +14,7 @@ import time
 import pytest
 import yaml
 
-from conftest import dvc, run, tool_env, tree_digest
+from conftest import dvc, run, stages_run, tool_env, tree_digest
 
 DEADLINE = 180     # seconds a stage may take to reach the point where it is killed
 
@@ -83,8 +83,7 @@ def test_kill_during_extraction_resumes_byte_identical(pipeline_copy):
     assert "visual" in status and "audio" in status
 
     again = dvc("repro", cwd=repo)
-    ran = {line.split("'")[1] for line in again.stdout.splitlines() if line.startswith("Running stage")}
-    assert ran == {"visual", "audio"}                    # identical stores: training is not re-run
+    assert stages_run(again.stdout) == {"visual", "audio"}     # identical stores: training is not re-run
     assert "up to date" in dvc("status", cwd=repo).stdout
     for modality, directory in features.items():
         assert tree_digest(directory) == reference[modality], modality

@@ -5,17 +5,12 @@ import io
 import json
 import math
 import os
-import re
 
 import pytest
 
-from conftest import dvc
+from conftest import dvc, stages_run
 
 EXTRACTION = ("demo", "dataset", "weights", "visual", "audio")
-
-
-def stages_run(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", output))
 
 
 @pytest.mark.slow

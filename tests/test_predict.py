@@ -10,19 +10,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import LOOK, REPO, encode_video, tone
 from avfusion import audio as audio_stage
 from avfusion import visual as visual_stage
 from avfusion.cli import main
-from avfusion.demo import draw_face, write_video
+from avfusion.demo import draw_face
 from avfusion.fusion import build_model
 from avfusion.predict import COLUMNS, HOW_TO_TRAIN, demo_warning
 from avfusion.store import FORMAT, file_sha256
 from avfusion.train import save_fold
 from avfusion.weights import make_audio, make_visual
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FPS, FRAMES, SIZE = 10, 12, 160
-LOOK = {"background": (40, 60, 80), "stripe": (60, 80, 100), "skin": (220, 170, 130), "face_w": 0.5, "face_h": 0.65}
 VISUAL_PARAMS = {"detect_size": 640, "min_face": 20, "margin": 20, "keep_pooled": False}
 AUDIO_PARAMS = {"input_repr": "mel128", "embedding_size": 512, "rate": 5, "silence_db": -60, "silence_window": 0.25}
 
@@ -52,11 +51,7 @@ def make_video(path, face: bool, sound: bool):
     t = np.arange(FRAMES) / FPS
     frames = [draw_face(SIZE, LOOK, 0.8 * np.sin(x), 0.5 + 0.4 * np.cos(x), (SIZE / 2, SIZE / 2)) if face
               else Image.new("RGB", (SIZE, SIZE), (90, 120, 90)) for x in t]
-    rate = 16000
-    n = int(rate * FRAMES / FPS)
-    audio = (0.3 * np.sin(2 * np.pi * 220 * np.arange(n) / rate)).astype(np.float32) if sound else None
-    write_video(str(path), frames, audio, FPS, rate)
-    return str(path)
+    return encode_video(path, frames, tone(FRAMES / FPS) if sound else None, FPS)
 
 
 def read_rows(path):

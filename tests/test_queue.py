@@ -11,30 +11,12 @@ import subprocess
 import time
 
 import pytest
-import yaml
 
-from conftest import dvc, run
+from conftest import dvc, stages_run
 
 EXTRACTION = ("demo", "dataset", "weights", "visual", "audio")
 FUSIONS = ("concat", "visual_only")
 DEADLINE_S = 900
-
-
-def stages_run(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", output))
-
-
-def test_stage_inputs_are_git_tracked_or_dvc_outputs(extracted_pipeline):
-    """Static side of the same rule: no dependency may exist only as a git-ignored local file."""
-    with open(os.path.join(extracted_pipeline, "dvc.yaml")) as f:
-        stages = yaml.safe_load(f)["stages"]
-    outs = {next(iter(o)) if isinstance(o, dict) else o
-            for s in stages.values() for key in ("outs", "metrics", "plots") for o in s.get(key, [])}
-    tracked = set(run(["git", "ls-files"], cwd=extracted_pipeline).stdout.split())
-    for name, stage in stages.items():
-        for dep in stage.get("deps", []):
-            assert dep in outs or dep in tracked or any(t.startswith(dep + "/") for t in tracked), \
-                f"stage {name}: dependency {dep} is neither git-tracked nor a DVC output"
 
 
 def queue_status(repo: str) -> dict[str, str]:

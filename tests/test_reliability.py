@@ -18,10 +18,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import REPO, dvc, run, tree_digest
+from conftest import REPO, dvc, encode_video, run, run_stage, tone, tree_digest
 from avfusion import media
 from avfusion.annotations import write_labels
-from avfusion.demo import write_video
 
 FPS, FRAMES = 10, 10
 HEADER = "video_id,path,split,fps,frames,labels,label_frames,person"
@@ -30,11 +29,7 @@ HEADER = "video_id,path,split,fps,frames,labels,label_frames,person"
 def encode(path, frames=FRAMES, audio_seconds=None, size=32):
     """A real H.264 (+ AAC with a 220 Hz tone) video; `audio_seconds` shorter than the video is allowed."""
     images = [Image.new("RGB", (size, size), (20 * i % 255, 80, 120)) for i in range(frames)]
-    rate = 16000
-    seconds = frames / FPS if audio_seconds is None else audio_seconds
-    tone = (0.3 * np.sin(2 * np.pi * 220 * np.arange(int(rate * seconds)) / rate)).astype(np.float32)
-    write_video(str(path), images, tone, fps=FPS, sample_rate=rate)
-    return str(path)
+    return encode_video(path, images, tone(frames / FPS if audio_seconds is None else audio_seconds), FPS)
 
 
 def cut(src, dest, share=0.5):
@@ -105,11 +100,6 @@ def stage_project(root, weights, videos, on_error):
     (root / "data" / "manifest.csv").write_text("\n".join(rows) + "\n")
 
 
-def run_module(module, cwd):
-    env = {**os.environ, "PYTHONPATH": REPO}
-    return subprocess.run([sys.executable, "-m", module], cwd=cwd, env=env, capture_output=True, text=True)
-
-
 def last_line(stderr):
     """The last line a user sees (tqdm redraws its bars with carriage returns)."""
     return [line for line in re.split(r"[\r\n]", stderr) if line.strip()][-1]
@@ -136,7 +126,7 @@ def extraction_media(tmp_path_factory, bad_media):
 def test_extraction_skip_records_bad_videos_and_keeps_good_rows(tmp_path, weights, extraction_media, stage):
     good, bad = extraction_media
     stage_project(tmp_path, weights, good + bad, "skip")
-    proc = run_module(f"stages.{stage}", tmp_path)
+    proc = run_stage(stage, tmp_path)
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "reports" / f"skipped_{stage}.json").read_text())["skipped"]
     assert sorted(s["video_id"] for s in report) == sorted(vid for vid, _ in bad)
@@ -147,7 +137,7 @@ def test_extraction_skip_records_bad_videos_and_keeps_good_rows(tmp_path, weight
         valid = group["valid"][1:1 + FRAMES]
         # frames past the end of the audio (0.35 s) have no sound: invalid; the tone before is valid
         assert valid[:3].all() and not valid[5:].any()
-        again = run_module(f"stages.{stage}", tmp_path)      # a finished store resumes to the same report
+        again = run_stage(stage, tmp_path)      # a finished store resumes to the same report
         assert again.returncode == 0
         assert json.loads((tmp_path / "reports" / "skipped_audio.json").read_text())["skipped"] == report
 
@@ -158,7 +148,7 @@ def test_extraction_fail_stops_with_one_line_and_no_half_written_video(tmp_path,
     good, bad = extraction_media
     bad_path = dict(bad)[case]
     stage_project(tmp_path, weights, good + [(case, bad_path), ("after", good[0][1])], "fail")
-    proc = run_module(f"stages.{stage}", tmp_path)
+    proc = run_stage(stage, tmp_path)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr, proc.stderr
     line = last_line(proc.stderr)
@@ -169,7 +159,7 @@ def test_extraction_fail_stops_with_one_line_and_no_half_written_video(tmp_path,
 
 def test_unknown_on_error_value_is_one_line(tmp_path, weights, extraction_media):
     stage_project(tmp_path, weights, extraction_media[0], "ignore")
-    proc = run_module("stages.audio", tmp_path)
+    proc = run_stage("audio", tmp_path)
     assert proc.returncode == 1
     assert proc.stderr.strip() == "audio: params.yaml: audio.on_error must be one of fail, skip, not 'ignore'"
 
@@ -203,7 +193,7 @@ def label_text(rows):
 def test_dataset_records_small_label_frame_differences(tmp_path, affwild2_media):
     affwild2_project(tmp_path, affwild2_media, {"10-30-640x360": label_text([[0.1, 0.2]] * 21),    # one extra
                                                 "7": label_text([[0.1, -5]] * 18)})               # two missing
-    proc = run_module("stages.dataset", tmp_path)
+    proc = run_stage("dataset", tmp_path)
     assert proc.returncode == 0, proc.stderr
     with open(tmp_path / "data" / "manifest.csv") as f:
         rows = {r["video_id"]: r for r in csv.DictReader(f)}
@@ -227,7 +217,7 @@ GOOD = label_text([[0.1, 0.2]] * 20)
 ])
 def test_dataset_bad_annotations_stop_with_one_line(tmp_path, affwild2_media, labels, message):
     affwild2_project(tmp_path, affwild2_media, {"10-30-640x360": GOOD, **labels})
-    proc = run_module("stages.dataset", tmp_path)
+    proc = run_stage("dataset", tmp_path)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("dataset: ") and re.search(message, lines[0]), proc.stderr
@@ -241,7 +231,7 @@ def test_dataset_refuses_ids_that_escape_the_root(tmp_path, affwild2_media):
     (root / "labels").mkdir()
     (root / "splits.csv").write_text("video_id,split\n../../etc/passwd,train\n")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"data": {"source": "demo", "root": "demo"}}))
-    proc = run_module("stages.dataset", tmp_path)
+    proc = run_stage("dataset", tmp_path)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == ("dataset: splits.csv: unsafe video id '../../etc/passwd' "
                                    "(letters, digits, '_', '-', '.' only; no '..' or '/')")
@@ -251,7 +241,7 @@ def test_dataset_refuses_ids_that_escape_the_root(tmp_path, affwild2_media):
 def test_dataset_unreadable_video(tmp_path, affwild2_media, bad_media, on_error):
     affwild2_project(tmp_path, {**affwild2_media, "broken": bad_media["zero-byte"][0]},
                      {"10-30-640x360": GOOD, "7": GOOD, "zero": label_text([[0, 0]] * 3)}, on_error)
-    proc = run_module("stages.dataset", tmp_path)
+    proc = run_stage("dataset", tmp_path)
     if on_error == "fail":
         assert proc.returncode != 0 and "Traceback" not in proc.stderr
         line = proc.stderr.strip()
@@ -314,6 +304,7 @@ class Exploit:
         return (os.system, (f"touch {self.marker}",))
 
 
+@pytest.mark.slow
 def test_malicious_checkpoint_is_refused_by_evaluate_and_predict(extracted_pipeline, tmp_path):
     marker = tmp_path / "pwned"
     Exploit.marker = str(marker)
@@ -340,6 +331,7 @@ def test_malicious_checkpoint_is_refused_by_evaluate_and_predict(extracted_pipel
 ALLOWED_CODECS = {"sharding_indexed", "bytes", "zstd", "crc32c", "transpose", "blosc", "gzip"}
 
 
+@pytest.mark.slow
 def test_real_store_holds_only_plain_numbers(extracted_pipeline):
     metas = glob.glob(os.path.join(extracted_pipeline, "data", "features", "*", "store-*.zarr", "**", "zarr.json"),
                       recursive=True)

@@ -16,13 +16,9 @@ import time
 
 import pytest
 
-from conftest import dvc, run, tool_env
+from conftest import dvc, run, stages_run, tool_env
 
 EXTRACTION = ("demo", "dataset", "weights", "visual", "audio")
-
-
-def stages_run(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", output))
 
 
 @pytest.fixture

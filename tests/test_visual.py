@@ -3,22 +3,19 @@ from __future__ import annotations
 
 import os
 
-import av
 import numpy as np
 import pytest
 import torch
 import yaml
 from PIL import Image
 
-from conftest import tree_digest
+from conftest import LOOK, encode_video as encode, tree_digest
 from avfusion import visual
 from avfusion.demo import draw_face
 from avfusion.faces import FaceTracker, FaceTrackEmbedder, random_state_dict
 from avfusion.media import frame_times
 from avfusion.store import FeatureReader
 from stages import visual as visual_stage
-
-LOOK = {"background": (40, 60, 80), "stripe": (60, 80, 100), "skin": (220, 170, 130), "face_w": 0.5, "face_h": 0.65}
 
 
 def face(size: int, eye_open: float = 0.8, dx: float = 0.0) -> Image.Image:
@@ -34,19 +31,6 @@ def two_faces(left: int, right: int) -> Image.Image:
 
 def blank(width: int, height: int) -> Image.Image:
     return Image.new("RGB", (width, height), LOOK["stripe"])
-
-
-def encode(path, frames: list[Image.Image], fps: int = 10) -> str:
-    """H.264 in 4:4:4, which (unlike 4:2:0) allows odd widths and heights."""
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width, stream.height = frames[0].size
-        stream.pix_fmt = "yuv444p"
-        stream.options = {"crf": "18", "threads": "1"}
-        for img in frames:
-            out.mux(stream.encode(av.VideoFrame.from_image(img)))
-        out.mux(stream.encode())
-    return str(path)
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,10 @@
 """The benchmark entry point: the pipeline's speed against the way peers do it and the machine's limits.
 
-    .venv/bin/python tests/bench/bench.py [--only NAME ...] [--quick]
+    .venv/bin/python tests/bench/bench.py [--only NAME ...] [--quick] [--video PATH]
 
 Sections (NAME): store_read, extraction, training, pipeline (cached vs recompute, scaling), store_files.
+`extraction` needs a real clip with faces and speech (`--video`, e.g. a 1080p street scene): without
+one it is skipped.
 Each measures side by side in one run (the two things compared alternate within every repetition, so a
 shared machine's load hits both alike), keeps every sample, and reports medians and their ratios with
 the load average before and after. Results go to reports/bench.json (merged per section, so `--only`
@@ -18,6 +20,7 @@ import argparse
 import contextlib
 import csv
 import datetime
+import functools
 import json
 import os
 import platform
@@ -50,8 +53,6 @@ from avfusion.metrics import masked_ccc_loss  # noqa: E402
 from avfusion.store import FeatureReader, StoreWriter, bucket_of, store_path  # noqa: E402
 from avfusion.windows import Split, Video, load_labels, load_split  # noqa: E402
 
-MEDIA = os.path.join(os.path.dirname(REPO), "shared", "media")
-VIDEO_1080P = os.path.join(MEDIA, "street_crowd_1080p25.mp4")
 FUSION_TYPES = ("jca", "lfan", "cross_attention", "concat", "late", "audio_only", "visual_only")
 NO_GPU = "unmeasured: no GPU"
 TARGETS = {   # docs/design.md / issue 9: metric -> (comparison, target)
@@ -205,18 +206,18 @@ def bench_store_read(quick: bool, tmp: str) -> dict:
 
 # ---------------------------------------------------------------- 3. extraction throughput
 
-def bench_extraction(quick: bool, tmp: str) -> dict:
+def bench_extraction(quick: bool, tmp: str, video: str) -> dict:
     vp, ap = params("visual"), params("audio")
     device = "cpu"
     # The whole clip (105 frames): a short one mostly measures per-video start-up, not throughput.
     frames = 8 if quick else None
     reps = 1 if quick else 3
-    info = probe(VIDEO_1080P)
-    inputs = {"1080p": clip(VIDEO_1080P, os.path.join(tmp, "1080p.mp4"), frames=frames),
-              "640p": clip(VIDEO_1080P, os.path.join(tmp, "640p.mp4"), 640, 360, frames)}
+    info = probe(video)
+    inputs = {"1080p": clip(video, os.path.join(tmp, "1080p.mp4"), frames=frames),
+              "640p": clip(video, os.path.join(tmp, "640p.mp4"), 640, 360, frames)}
     embedder = FaceTrackEmbedder(random_state_dict(vp["seed"]), device, vp["detect_size"], vp["min_face"],
                                  vp["margin"], vp["batch_size"])
-    out: dict = {"inputs": {"video": os.path.relpath(VIDEO_1080P, REPO), "source": f"{info.width}x{info.height}, "
+    out: dict = {"inputs": {"video": os.path.relpath(video, REPO), "source": f"{info.width}x{info.height}, "
                             f"{info.fps:g} fps, {info.duration:.2f} s", "frames": frames or "all",
                             "1080p": f"its first {frames or 'all'} frames re-encoded (H.264 crf 18) at 1920x1080",
                             "640p": "the same frames re-encoded (H.264 crf 18) at 640x360",
@@ -246,16 +247,16 @@ def bench_extraction(quick: bool, tmp: str) -> dict:
     openl3.write_random_weights(weights, ap["input_repr"], ap["embedding_size"], ap["seed"])
     audio_embedder = AudioEmbedder(weights, ap["input_repr"], ap["embedding_size"], ap["rate"], device,
                                    ap["batch_size"], ap["silence_db"], ap["silence_window"])
-    times = frame_times(VIDEO_1080P)
+    times = frame_times(video)
     duration = float(times[-1] + 1 / info.fps)
-    audio_embedder.embed_video(VIDEO_1080P, times)            # warm-up
+    audio_embedder.embed_video(video, times)            # warm-up
     speed, windows = [], 0
     for _ in range(1 if quick else 5):
         before_windows = audio_embedder.windows
-        seconds, _, _ = timed(audio_embedder.embed_video, VIDEO_1080P, times)
+        seconds, _, _ = timed(audio_embedder.embed_video, video, times)
         windows = audio_embedder.windows - before_windows
         speed.append(duration / seconds)
-    out["audio"] = {"input": f"{os.path.relpath(VIDEO_1080P, REPO)} audio track, {duration:.2f} s",
+    out["audio"] = {"input": f"{os.path.relpath(video, REPO)} audio track, {duration:.2f} s",
                     "params": {k: ap[k] for k in ("input_repr", "embedding_size", "rate", "batch_size")},
                     "windows_per_video": windows, "audio_seconds_per_second": [r(x) for x in speed],
                     "median_audio_seconds_per_second": r(med(speed))}
@@ -711,7 +712,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small inputs, few repetitions: a smoke check")
     parser.add_argument("--out", help="path stem for .json and .md (default: reports/bench; with --quick "
                                       "a temporary directory, so a smoke run never replaces the committed numbers)")
+    parser.add_argument("--video", help="a real video with faces and speech for the extraction section "
+                                        "(1080p, a few seconds); without it that section is skipped")
     args = parser.parse_args()
+    sections = dict(SECTIONS, extraction=functools.partial(bench_extraction, video=args.video))
+    names = args.only or list(SECTIONS)
+    if "extraction" in names and not (args.video and os.path.isfile(args.video)):
+        print(f"== extraction skipped: --video {args.video or 'PATH'} is not a file (it needs a real clip "
+              "with faces and speech)", flush=True)
+        names = [name for name in names if name != "extraction"]
     if args.out is None:
         args.out = (os.path.join(tempfile.gettempdir(), "avfusion-bench-quick", "bench") if args.quick
                     else os.path.join(REPO, "reports", "bench"))
@@ -722,11 +731,11 @@ def main() -> None:
         if bool(old.get("quick")) == args.quick:      # never mix quick and full sections in one report
             report = old
     report.update(quick=args.quick, machine=machine())
-    for name in args.only or SECTIONS:
+    for name in names:
         print(f"== {name} (load {load()})", flush=True)
         with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as tmp:
             began = time.perf_counter()
-            result = SECTIONS[name](args.quick, tmp)
+            result = sections[name](args.quick, tmp)
         result["section_s"] = round(time.perf_counter() - began, 1)
         result["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
         report["sections"][name] = result

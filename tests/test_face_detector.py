@@ -1,0 +1,75 @@
+"""The project's batched MTCNN against facenet-pytorch's own `MTCNN.detect` on real street frames.
+
+The project runs the library's networks and cascade but crops the R-net/O-net candidates its own way
+(one `roi_align` call, zero padding outside the frame) where the library clips each box to the frame
+and area-resizes the clipped pixels. Whether both find the same faces in the same places is measured
+here, on real faces: small ones as the pipeline sees them (frames downscaled to 640x360), larger ones
+at full resolution, and faces cut by the frame's edges.
+"""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from facenet_pytorch import MTCNN
+from PIL import Image
+from torchvision.ops import box_iou
+
+from avfusion.faces import FaceDetector
+
+FRAMES = sorted((Path(__file__).parent / "fixtures" / "faces").glob("*.jpg"))
+MIN_IOU = 0.9
+
+
+@pytest.fixture(scope="module")
+def detections() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per frame: (image, our boxes, the library's boxes), both detectors at the library's defaults."""
+    ours, library = FaceDetector("cpu"), MTCNN(device="cpu")
+    found = {}
+    for path in FRAMES:
+        image = np.array(Image.open(path).convert("RGB"))
+        theirs, _ = library.detect(Image.fromarray(image))                  # None when it finds no face
+        (our_boxes, _), = ours(image[None])
+        found[path.name] = image, our_boxes, np.zeros((0, 4), np.float32) if theirs is None else theirs.astype(
+            np.float32)
+    return found
+
+
+def disagreement(ours: np.ndarray, theirs: np.ndarray) -> list[str]:
+    """What differs between two sets of boxes, matched one to one by IoU (greedily, best pair first);
+    empty when they agree."""
+    iou = box_iou(torch.as_tensor(theirs), torch.as_tensor(ours)).numpy()
+    problems = [f"{len(ours)} faces found, the reference finds {len(theirs)}"] if len(ours) != len(theirs) else []
+    while iou.size and iou.max() > 0:
+        i, j = np.unravel_index(iou.argmax(), iou.shape)
+        if iou[i, j] < MIN_IOU:
+            problems.append(f"reference box {np.round(theirs[i].astype(float), 1).tolist()} vs ours "
+                            f"{np.round(ours[j].astype(float), 1).tolist()}: IoU {iou[i, j]:.3f}")
+        iou[i, :], iou[:, j] = 0, 0
+    return problems
+
+
+def test_the_fixture_has_several_faces_and_faces_cut_by_the_edge(detections):
+    assert len(detections) == 4 and all(len(theirs) >= 3 for _, _, theirs in detections.values())
+    image, _, theirs = detections["faces_cut_by_the_edges.jpg"]
+    height, width = image.shape[:2]
+    assert ((theirs[:, :2] < 0) | (theirs[:, 2:] > [width, height])).any()   # a box reaches past an edge
+
+
+# strict: once the crop step agrees with the library this passes, fails as XPASS, and the mark goes.
+@pytest.mark.xfail(strict=True, reason="measured: the roi_align crop step moves small and edge-cut faces "
+                   "(IoU down to 0.62) and finds one extra 'face' (a hand, p 0.91) on the edge-cut frame; with "
+                   "the library's crop step swapped into the same cascade, every box agrees at IoU 1.000")
+def test_same_faces_as_the_library(detections):
+    problems = [f"{name}: {problem}" for name, (_, ours, theirs) in detections.items()
+                for problem in disagreement(ours, theirs)]
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.gpu
+def test_cuda_finds_the_same_faces_as_the_cpu(detections):
+    """The detector runs in float32 on either device (TF32 convolutions aside): the same faces result."""
+    on_cuda = FaceDetector("cuda")
+    problems = [f"{name}: {problem}" for name, (image, on_cpu, _) in detections.items()
+                for problem in disagreement(on_cuda(image[None])[0][0], on_cpu)]
+    assert not problems, "\n".join(problems)
