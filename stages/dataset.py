@@ -7,7 +7,8 @@ import os
 import sys
 
 from avfusion.annotations import AnnotationError
-from avfusion.dataset import COLUMNS, MANIFEST, REPORT, build_manifest
+from avfusion.dataset import REPORT, build_manifest
+from avfusion.manifest import COLUMNS, MANIFEST
 from avfusion.media import MediaError
 from avfusion.params import load_params
 

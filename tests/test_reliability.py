@@ -19,13 +19,12 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import REPO, dvc, run, tree_digest
+from conftest import REPO, dvc, run, tree_digest, write_manifest
 from avfusion import media
 from avfusion.annotations import write_labels
 from avfusion.demo import write_video
 
 FPS, FRAMES = 10, 10
-HEADER = "video_id,path,split,fps,frames,labels,label_frames,person"
 
 
 def encode(path, frames=FRAMES, audio_seconds=None, size=32):
@@ -102,8 +101,9 @@ def stage_project(root, weights, videos, on_error):
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     for name in ("visual.pt", "audio.h5"):
         os.symlink(weights / name, root / "data" / "weights" / name)
-    rows = [HEADER] + [f"{vid},{path},train,{FPS},0,,0," for vid, path in videos]
-    (root / "data" / "manifest.csv").write_text("\n".join(rows) + "\n")
+    # media: the case name, as two of the bad files differ only in their extension
+    write_manifest(root / "data" / "manifest.csv", [{"video_id": vid, "path": path, "fps": FPS, "media": vid}
+                                                    for vid, path in videos])
 
 
 def run_module(module, cwd):
@@ -381,7 +381,7 @@ def fresh_readers(_):
 
 
 def test_four_workers_read_random_windows_exactly(extracted_pipeline, monkeypatch):
-    from avfusion.dataset import read_manifest
+    from avfusion.manifest import read_manifest
     from avfusion.windows import WindowDataset
     monkeypatch.chdir(extracted_pipeline)     # the manifest's label paths are relative to the project
     features = os.path.join(extracted_pipeline, "data", "features")
