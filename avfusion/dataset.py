@@ -86,19 +86,10 @@ def folder_trials(root: str, validation: float, test: float) -> list[dict]:
 
 
 def media_key(path: str) -> str:
-    """The manifest's `media` column: the file's name without extension. Each source already takes one
-    file per name (Aff-Wild2 trials name their video by it; demo and folder ids are file names), and
-    bucketing stores by this key keeps every store where the video id put it before the column existed."""
+    """The manifest's `media` column: the file's name without extension. Unique per file in every source
+    (Aff-Wild2 takes one video per name, demo and folder ids are their files' names, and ids are unique),
+    and bucketing stores by it keeps every video in the store its id put it in before this column."""
     return os.path.splitext(os.path.basename(path))[0]
-
-
-def check_media_keys(trials: list[dict]) -> None:
-    paths: dict[str, set[str]] = {}
-    for t in trials:
-        paths.setdefault(t["media"], set()).add(os.path.normpath(t["path"]))
-    clashes = sorted(key for key, p in paths.items() if len(p) > 1)
-    if clashes:
-        raise ValueError(f"two media files share the name {clashes[0]!r}: {sorted(paths[clashes[0]])}")
 
 
 def build_manifest(params: dict, skipped: list[dict] | None = None) -> list[dict]:
@@ -144,7 +135,6 @@ def build_manifest(params: dict, skipped: list[dict] | None = None) -> list[dict
                  media=media_key(t["path"]), sha256=sha256)
         check_frame_counts(t)
         kept.append(t)
-    check_media_keys(kept)
     if not kept:
         raise FileNotFoundError(f"{root}: every video was skipped as unreadable")
     return sorted(kept, key=lambda t: t["video_id"])
