@@ -22,8 +22,9 @@ class FaceNetExtractor(Extractor):
     name = "visual"
     version = EXTRACTOR
     weights = WEIGHTS
-    # batch_size, stores and workers only change speed or layout (measured: dvc.yaml)
-    output_params = ("detect_size", "min_face", "margin", "keep_pooled")
+    # batch_size too: the detector and the embedding net run on batches of that many frames, and CPU
+    # kernels round differently per batch shape (measured: dvc.yaml). Stores and workers do not.
+    output_params = ("detect_size", "min_face", "margin", "keep_pooled", "batch_size")
 
     def __init__(self, params: dict, device: str):
         super().__init__(params, device)
