@@ -29,10 +29,6 @@ def read_audio_native(path: str) -> tuple[np.ndarray, int, float]:
     return samples, rate, start
 
 
-def precision(device: str) -> str:
-    return "bf16" if device.startswith("cuda") else "fp32"     # openl3.load_model: bf16 autocast on CUDA
-
-
 class AudioEmbedder:
     """OpenL3 embeddings aligned to video frames; the network is built once and reused per video."""
 
@@ -43,7 +39,6 @@ class AudioEmbedder:
         self.model = openl3.load_model(weights_path, input_repr, embedding_size, self.device)
         self.dim, self.rate, self.batch_size = embedding_size, rate, batch_size
         self.silence_db, self.silence_window = silence_db, silence_window
-        self.precision = precision(self.device)
         self.windows = 0                          # embeddings computed so far (for throughput)
 
     def audible(self, audio: np.ndarray, centres: np.ndarray) -> np.ndarray:
@@ -90,7 +85,7 @@ class OpenL3Extractor(Extractor):
     def __init__(self, params: dict, device: str):
         super().__init__(params, device)
         self.dim = params["embedding_size"]
-        self.precision = precision(device)
+        self.precision = "bf16" if device.startswith("cuda") else "fp32"   # openl3.load_model's autocast
 
     def load(self) -> None:
         p = self.params
