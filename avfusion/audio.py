@@ -1,4 +1,4 @@
-"""The `audio` stage: one OpenL3 embedding per decoded video frame, into Zarr feature stores.
+"""The `audio` extractor: one OpenL3 embedding per decoded video frame (stores written by avfusion/extract.py).
 
 Row t of a video is its frame t (docs/design.md §4): the 1 s window is centred on the frame's timestamp.
 With `audio.rate` > 0 embeddings are computed on a coarser grid of that many per second and each frame
@@ -8,25 +8,15 @@ audio stream, silent frames and frames past the end of the audio get a zero vect
 """
 from __future__ import annotations
 
-import os
-import time
-from collections import Counter
-
 import av
 import numpy as np
-from tqdm import tqdm
 
 from avfusion import media, openl3
-from avfusion.buckets import WORKER_ENV, Videos, local_device, run_extraction_stage, skip_video
-from avfusion.media import MediaError
-from avfusion.params import load_params, on_error, resolve_device
-from avfusion.store import StoreWriter, file_sha256, store_path
+from avfusion.extract import Extractor
+from avfusion.params import resolve_device
 
 WEIGHTS = "data/weights/audio.h5"
-OUT_DIR = "data/features/audio"
-SKIP_REPORT = "reports/skipped_audio.json"   # videos passed over with on_error: skip
 EXTRACTOR = "openl3-pytorch/1"
-OUTPUT_PARAMS = ("input_repr", "embedding_size", "rate", "silence_db", "silence_window")
 
 
 def read_audio_native(path: str) -> tuple[np.ndarray, int, float]:
@@ -49,7 +39,6 @@ class AudioEmbedder:
         self.model = openl3.load_model(weights_path, input_repr, embedding_size, self.device)
         self.dim, self.rate, self.batch_size = embedding_size, rate, batch_size
         self.silence_db, self.silence_window = silence_db, silence_window
-        self.precision = "bf16" if self.model.autocast else "fp32"
         self.windows = 0                          # embeddings computed so far (for throughput)
 
     def audible(self, audio: np.ndarray, centres: np.ndarray) -> np.ndarray:
@@ -82,42 +71,28 @@ class AudioEmbedder:
         return emb, valid
 
 
-def embed_rows(embedder: AudioEmbedder, path: str, rows_with_path: int, shared: dict) -> tuple:
-    """(frame times, embeddings, valid) of a video file, computed once for all the rows that share it
-    (Aff-Wild2 `_left`/`_right`, which `plan` puts in one store): `shared` keeps a result, with the
-    count of its rows still to write, until the last of them went through here."""
-    if path in shared:
-        result, rows_left = shared.pop(path)
-    else:
-        times = media.frame_times(path)
-        result, rows_left = (times, *embedder.embed_video(path, times)), rows_with_path
-    if rows_left > 1:
-        shared[path] = (result, rows_left - 1)
-    return result
+class OpenL3Extractor(Extractor):
+    """OpenL3 on the audio around each frame. The rows depend on the file only, so the trials of one
+    file (Aff-Wild2 `_left` / `_right`) share them: the runner extracts the file once."""
 
+    name = "audio"
+    version = EXTRACTOR
+    weights = WEIGHTS
+    # batch_size, stores and workers only change speed or layout (measured: dvc.yaml)
+    output_params = ("input_repr", "embedding_size", "rate", "silence_db", "silence_window")
+    per_file = True
 
-def extract_store(bucket: int, videos: Videos) -> None:
-    """Write one store (run by `run_buckets`, possibly in a worker process); resumes after its last commit."""
-    params = load_params("audio")
-    embedder = AudioEmbedder(WEIGHTS, params["input_repr"], params["embedding_size"], params["rate"],
-                             local_device(params["device"]), params["batch_size"], params["silence_db"],
-                             params["silence_window"])
-    provenance = {"extractor": EXTRACTOR, "params": {k: params[k] for k in OUTPUT_PARAMS},
-                  "precision": embedder.precision, "weights_sha256": file_sha256(WEIGHTS),
-                  "videos_sha256": videos.fingerprints()}
-    writer = StoreWriter(store_path(OUT_DIR, bucket), embedder.dim, provenance, videos.ids)
-    uses, shared = Counter(os.path.normpath(v["path"]) for v in videos.todo(writer.committed)), {}
-    began, done = time.perf_counter(), len(writer.committed)
-    with tqdm(videos.todo(writer.committed), desc=f"audio store {bucket}", unit="video",
-              initial=done, total=len(videos), position=int(os.environ.get(WORKER_ENV, 0))) as bar:
-        for video in bar:
-            path = os.path.normpath(video["path"])
-            try:
-                times, emb, valid = embed_rows(embedder, path, uses[path], shared)
-            except MediaError as exc:
-                if on_error(params, "audio") == "fail":
-                    raise
-                skip_video(writer, video, exc)
-                continue
-            writer.append(video["video_id"], embedding=emb, valid=valid, frame=np.arange(len(times)), time=times)
-            bar.set_postfix(windows_per_s=f"{embedder.windows / (time.perf_counter() - began):.1f}")
+    def __init__(self, params: dict, device: str):
+        super().__init__(params, device)
+        self.dim = params["embedding_size"]
+        self.precision = "bf16" if device.startswith("cuda") else "fp32"   # openl3.load_model's autocast
+
+    def load(self) -> None:
+        p = self.params
+        self.embedder = AudioEmbedder(self.weights, p["input_repr"], p["embedding_size"], p["rate"], self.device,
+                                      p["batch_size"], p["silence_db"], p["silence_window"])
+
+    def rows(self, video: dict) -> dict[str, np.ndarray]:
+        times = media.frame_times(video["path"])
+        embedding, valid = self.embedder.embed_video(video["path"], times)
+        return {"embedding": embedding, "valid": valid, "time": times}

@@ -1,6 +1,5 @@
-"""Build `data/manifest.csv`: one row per video (trial) from any supported source.
+"""Build `data/manifest.csv` (columns: avfusion/manifest.py): one row per video trial from any supported source.
 
-Columns: video_id, path, split, fps, frames, labels, label_frames, person.
 - demo:     `data/demo` as written by avfusion.demo (`splits.csv`, `videos/`, `labels/`).
 - affwild2: the official layout: `<root>/<annotations>/{Train_Set,Validation_Set[,Test_Set]}/<trial>.txt`
             and videos `<root>/<videos>/**/<video>.(mp4|avi|...)`; trials `<video>_left` / `_right`
@@ -20,30 +19,19 @@ from __future__ import annotations
 
 import csv
 import glob
-import json
 import os
-import sys
 import zlib
 
 from avfusion.annotations import check_video_id, inside, read_labels
 from avfusion.errors import AnnotationError, DatasetError, MediaError
 from avfusion.media import probe
-from avfusion.params import load_params, on_error
+from avfusion.params import on_error
+from avfusion.store import file_sha256
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv")
-COLUMNS = ["video_id", "path", "split", "fps", "frames", "labels", "label_frames", "person"]
 AFFWILD2_SPLITS = {"Train_Set": "train", "Validation_Set": "validation", "Test_Set": "test"}
 MAX_FRAME_DIFF = 2            # label rows vs declared frames, beyond 1 % of the frames
 REPORT = "reports/dataset.json"
-MANIFEST = "data/manifest.csv"
-
-
-def read_manifest(path: str = MANIFEST) -> list[dict]:
-    """The manifest rows (every value a string, as written by `main`)."""
-    if not os.path.isfile(path):
-        raise DatasetError(f"{path}: not found (run the dataset stage first)")
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def check_frame_counts(trial: dict) -> None:
@@ -101,9 +89,23 @@ def folder_trials(root: str, validation: float, test: float) -> list[dict]:
     return trials
 
 
+def media_key(path: str) -> str:
+    """The manifest's `media` column: the file's name without extension. Unique per file in every source
+    (Aff-Wild2 takes one video per name, demo and folder ids are their files' names, and ids are unique),
+    and bucketing stores by it keeps every video in the store its id put it in before this column."""
+    return os.path.splitext(os.path.basename(path))[0]
+
+
 def build_manifest(params: dict, skipped: list[dict] | None = None) -> list[dict]:
     """Manifest rows sorted by id. With `on_error: skip`, unreadable videos are left out and appended
-    to `skipped` (video_id, path, problem); otherwise their MediaError propagates."""
+    to `skipped` (video_id, path, problem); otherwise their MediaError propagates.
+
+    Each media file is hashed here, once per file, and the extraction stages record that SHA-256 in
+    their stores' provenance instead of re-hashing every video on every run (a resume with nothing
+    left to do reads no video). Here rather than in a (path, size, mtime) cache: DVC re-runs this stage
+    whenever the videos change (they are its dependency), so the manifest always names the exact bytes
+    the later stages read, and no cache state has to be shared between extraction processes and ranks.
+    """
     source, root = params["source"], params["root"]
     if not os.path.isdir(root):
         raise DatasetError(f"{root}: data root not found (data.root in params.yaml)")
@@ -122,18 +124,21 @@ def build_manifest(params: dict, skipped: list[dict] | None = None) -> list[dict
     if len(set(ids)) != len(ids):
         raise DatasetError(f"{root}: duplicate video ids: {sorted({i for i in ids if ids.count(i) > 1})}")
     skip = on_error(params, "data") == "skip"
-    probes, kept = {}, []
+    files, kept = {}, []     # path -> (probe, SHA-256): trials sharing a file read it once
     for t in trials:
         labels = read_labels(t["labels"])           # annotation errors are never skipped
         try:
-            info = probes.get(t["path"]) or probes.setdefault(t["path"], probe(t["path"]))
+            if t["path"] not in files:
+                files[t["path"]] = (probe(t["path"]), file_sha256(t["path"]))
+            info, sha256 = files[t["path"]]
         except MediaError as exc:
             if not skip:
                 raise
             if skipped is not None:
                 skipped.append({"video_id": t["video_id"], "path": t["path"], "problem": str(exc)})
             continue
-        t.update(fps=round(info.fps, 4), frames=info.frames, label_frames=len(labels))
+        t.update(fps=round(info.fps, 4), frames=info.frames, label_frames=len(labels),
+                 media=media_key(t["path"]), sha256=sha256)
         check_frame_counts(t)
         kept.append(t)
     if not kept:

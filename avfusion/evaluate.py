@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import uniform_filter1d
 
-from avfusion.dataset import MANIFEST, read_manifest
 from avfusion.errors import CheckpointError
+from avfusion.manifest import MANIFEST, read_manifest
 from avfusion.metrics import INVALID, ccc, ccc_centring, split_ccc
 from avfusion.params import load_params, resolve_device
 from avfusion.plots import DATA_DIR, PNG_DIR, write_plots

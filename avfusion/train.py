@@ -27,8 +27,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from avfusion.dataset import MANIFEST, read_manifest
 from avfusion.errors import CheckpointError, DatasetError
+from avfusion.manifest import MANIFEST, read_manifest
 from avfusion.fusion import build_model
 from avfusion.metrics import masked_ccc_loss, split_ccc
 from avfusion.params import load_params, resolve_device
@@ -46,7 +46,7 @@ def fold_entries(manifest: list[dict], folds: int) -> list[tuple[list[dict], lis
 
     Fold 0 is the official split. Fold i > 0 holds out the i-th block of as many video files as the
     official validation set has, taken from validation then train (wrapping around). Trials that share
-    a file (Aff-Wild2 `_left` / `_right`) stay on one side: they share the audio.
+    a media file (Aff-Wild2 `_left` / `_right`) stay on one side: they share the audio.
     """
     train = [e for e in manifest if e["split"] == "train"]
     validation = [e for e in manifest if e["split"] == "validation"]
@@ -56,9 +56,9 @@ def fold_entries(manifest: list[dict], folds: int) -> list[tuple[list[dict], lis
     result = [(train, validation)]
     files: dict[str, list[dict]] = {}
     for e in validation + train:
-        files.setdefault(os.path.normpath(e["path"]), []).append(e)
+        files.setdefault(e["media"], []).append(e)
     order = list(files)
-    block = len({os.path.normpath(e["path"]) for e in validation})
+    block = len({e["media"] for e in validation})
     for fold in range(1, folds):
         held = {order[(fold * block + j) % len(order)] for j in range(block)}
         result.append(([e for f in order if f not in held for e in files[f]],

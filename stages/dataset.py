@@ -5,8 +5,9 @@ import csv
 import json
 import os
 
-from avfusion.dataset import COLUMNS, MANIFEST, REPORT, build_manifest
+from avfusion.dataset import REPORT, build_manifest
 from avfusion.errors import run_entry_point
+from avfusion.manifest import COLUMNS, MANIFEST
 from avfusion.params import load_params
 
 

@@ -4,14 +4,14 @@
 """
 from __future__ import annotations
 
-from avfusion.buckets import run_extraction_stage
 from avfusion.errors import run_entry_point
+from avfusion.extract import run_stage
 from avfusion.params import load_params
-from avfusion.visual import OUT_DIR, SKIP_REPORT, extract_store
+from avfusion.visual import FaceNetExtractor
 
 
 def main() -> None:
-    run_extraction_stage("visual", load_params("visual"), OUT_DIR, SKIP_REPORT, extract_store)
+    run_stage(FaceNetExtractor, load_params("visual"))
 
 
 if __name__ == "__main__":

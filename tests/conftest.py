@@ -49,6 +49,23 @@ def tree_digest(directory: str) -> dict[str, str]:
             for p in sorted(glob.glob(os.path.join(directory, "**"), recursive=True)) if os.path.isfile(p)}
 
 
+def write_manifest(path: str, trials: list[dict]) -> None:
+    """A manifest for hand-made trials (video_id and path at least): `media` and `sha256` computed as the
+    dataset stage computes them, the other columns defaulting to a training video of unknown length."""
+    import csv
+
+    from avfusion.dataset import media_key
+    from avfusion.manifest import COLUMNS
+    from avfusion.store import file_sha256
+    defaults = {"split": "train", "fps": 10, "frames": 0, "labels": "", "label_frames": 0, "person": ""}
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        for t in trials:
+            sha256 = file_sha256(t["path"]) if os.path.isfile(t["path"]) else "missing"
+            writer.writerow({**defaults, "media": media_key(t["path"]), "sha256": sha256, **t})
+
+
 def tool_env() -> dict:
     """Environment for dvc/git subprocesses: this venv's `python` first, a git identity, no analytics."""
     env = dict(os.environ)

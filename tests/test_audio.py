@@ -1,5 +1,4 @@
 """The audio stage on real tiny videos: row alignment, no audio, silence, shared audio, resume."""
-import csv
 import os
 import shutil
 
@@ -8,12 +7,14 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import encode_video, tone, tree_digest
+from conftest import encode_video, tone, tree_digest, write_manifest
 from avfusion import audio, media, openl3
-from avfusion.dataset import MANIFEST
+from avfusion.extract import features_dir
+from avfusion.manifest import MANIFEST
 from avfusion.store import FeatureReader
 from stages import audio as audio_stage
 
+OUT_DIR = features_dir("audio")
 FPS, SECONDS, SR = 10, 3, 16000
 PARAMS = {"weights": "random", "seed": 0, "input_repr": "mel128", "embedding_size": 512, "rate": 4,
           "silence_db": -60, "silence_window": 0.25, "batch_size": 16, "device": "cpu", "stores": 2, "workers": 1}
@@ -48,18 +49,15 @@ def make_project(root, videos, weights, **params):
     os.makedirs(root / "data" / "weights", exist_ok=True)
     (root / "params.yaml").write_text(yaml.safe_dump({"audio": {**PARAMS, **params}}))
     shutil.copy(weights, root / audio.WEIGHTS)
-    with open(root / MANIFEST, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["video_id", "path", "split", "fps", "frames", "labels", "label_frames", "person"])
-        for vid, path in videos:
-            writer.writerow([vid, path, "train", FPS, FPS * SECONDS, "", FPS * SECONDS, ""])
+    write_manifest(root / MANIFEST, [{"video_id": vid, "path": path, "fps": FPS, "frames": FPS * SECONDS,
+                                      "label_frames": FPS * SECONDS} for vid, path in videos])
     return root
 
 
 def run_stage(root, monkeypatch):
     monkeypatch.chdir(root)
     audio_stage.main()
-    return FeatureReader(str(root / audio.OUT_DIR))
+    return FeatureReader(str(root / OUT_DIR))
 
 
 def test_rows_follow_frames_and_validity(tmp_path, monkeypatch, videos, weights):
@@ -118,11 +116,26 @@ def test_resume_after_interruption_matches_a_full_run(tmp_path, monkeypatch, vid
     monkeypatch.setattr(audio.AudioEmbedder, "embed_video", dies_on_third_video)
     with pytest.raises(KeyboardInterrupt):
         run_stage(cut, monkeypatch)
-    assert FeatureReader(str(cut / audio.OUT_DIR)).videos == ["a", "b"]
+    assert FeatureReader(str(cut / OUT_DIR)).videos == ["a", "b"]
     monkeypatch.setattr(audio.AudioEmbedder, "embed_video", real)
     resumed = run_stage(cut, monkeypatch)
     assert resumed.videos == full.videos
     for vid in full.videos:
         for column in ("embedding", "valid", "frame", "time"):
             np.testing.assert_array_equal(resumed.rows(vid)[column], full.rows(vid)[column])
-    assert tree_digest(str(cut / audio.OUT_DIR)) == tree_digest(str(tmp_path / "full" / audio.OUT_DIR))
+    assert tree_digest(str(cut / OUT_DIR)) == tree_digest(str(tmp_path / "full" / OUT_DIR))
+
+
+def test_resume_with_nothing_to_do_reads_no_video(tmp_path, monkeypatch, videos, weights):
+    """A finished stage run again opens no video (decode, probe or hash): the videos' fingerprints come
+    from the manifest, and only the weight file is hashed."""
+    import av
+
+    from avfusion import extract
+    project = make_project(tmp_path, [("a", videos["voice"]), ("b", videos["pause"])], weights)
+    before = tree_digest(str(run_stage(project, monkeypatch).directory))
+    hashed, real_sha256 = [], extract.file_sha256
+    monkeypatch.setattr(extract, "file_sha256", lambda path: hashed.append(path) or real_sha256(path))
+    monkeypatch.setattr(av, "open", lambda *args, **kwargs: pytest.fail(f"opened a video: {args}"))
+    reader = run_stage(project, monkeypatch)
+    assert hashed == [audio.WEIGHTS] and tree_digest(reader.directory) == before

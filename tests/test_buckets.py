@@ -1,9 +1,10 @@
-"""Sharded extraction: 2 local processes and 2 torchrun ranks write stores identical to one process.
+"""The extraction runner's sharding: 2 local processes and 2 torchrun ranks write stores identical to one
+process; trials of one media file share a store (and, for per-file extractors, one extraction); a
+resume with nothing left to do extracts nothing.
 
-The extractor is trivial and deterministic but writes real stores through `StoreWriter`, as the
+The extractor is trivial and deterministic but writes real stores through the runner, as the
 visual/audio stages do. This file is also the script torchrun launches (see `__main__`).
 """
-import functools
 import glob
 import os
 import subprocess
@@ -14,29 +15,50 @@ import numpy as np
 import pytest
 
 from conftest import tree_digest
-from avfusion.buckets import BucketError, Videos, plan, run_buckets
-from avfusion.store import FeatureReader, StoreWriter, bucket_of, store_path
+from avfusion.extract import BucketError, Extractor, plan, run_extraction
+from avfusion.store import FeatureReader, bucket_of
 
 STORES = 4
-ROWS = [{"video_id": f"video-{i:03d}", "frames": str(20 + 7 * i)} for i in range(24)]
+PARAMS = {"stores": STORES, "workers": 1, "device": "cpu"}
 
 
-def extract_fake(out_dir: str, bucket: int, videos: Videos) -> None:
-    """Module-level (picklable into spawned workers); fails on purpose for ids starting with 'bad'."""
-    writer = StoreWriter(store_path(out_dir, bucket), 8, {"extractor": "fake/1"}, videos.ids)
-    for row in videos.todo(writer.committed):
-        if row["video_id"].startswith("bad"):
+def manifest_row(video_id: str, frames: int, media: str | None = None, person: str = "") -> dict:
+    media = media or video_id
+    return {"video_id": video_id, "path": f"videos/{media}.mp4", "media": media, "person": person,
+            "frames": str(frames), "sha256": f"{zlib.crc32(media.encode()):064x}"}
+
+
+ROWS = [manifest_row(f"video-{i:03d}", 20 + 7 * i) for i in range(24)]
+
+
+class FakeExtractor(Extractor):
+    """Module-level (spawned workers import it by name); fails on purpose for ids starting with 'bad'."""
+    name = "fake"
+    version = "fake/1"
+    calls: list[str] = []          # videos extracted in this process (per_file sharing, resume)
+
+    def __init__(self, params, device):
+        super().__init__(params, device)
+        self.dim = 8
+
+    def rows(self, video):
+        FakeExtractor.calls.append(video["video_id"])
+        if video["video_id"].startswith("bad"):
             raise ValueError("cannot decode")
-        n = int(row["frames"])
-        rng = np.random.default_rng(zlib.crc32(row["video_id"].encode()))
-        writer.append(row["video_id"], embedding=rng.normal(size=(n, 8)).astype(np.float32),
-                      valid=rng.random(n) > 0.1, frame=np.arange(n), time=np.arange(n) / 25.0)
+        n = int(video["frames"])
+        rng = np.random.default_rng(zlib.crc32(video["media"].encode()))
+        return {"embedding": rng.normal(size=(n, 8)).astype(np.float32), "valid": rng.random(n) > 0.1,
+                "time": np.arange(n) / 25.0}
+
+
+class PerFileFake(FakeExtractor):
+    per_file = True
 
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("single"))
-    assert run_buckets(ROWS, STORES, functools.partial(extract_fake, out), workers=1) == [0, 1, 2, 3]
+    assert run_extraction(FakeExtractor, PARAMS, ROWS, out) == [0, 1, 2, 3]
     return out
 
 
@@ -49,16 +71,46 @@ def test_plan_keeps_manifest_order_per_bucket():
         assert rows == [r for r in ROWS if r in rows]          # manifest order, which StoreWriter's plan needs
 
 
-def test_trials_of_one_video_file_share_a_store():
+def test_trials_of_one_media_file_share_a_store():
     """Aff-Wild2 `_left`/`_right` trials land in one store (its process reads the shared file once),
-    whatever bucket their own ids hash to; other rows are bucketed by their id."""
-    pairs = [{"video_id": f"clip-{i}_{side}", "person": side} for i in range(12) for side in ("left", "right")]
+    whatever bucket their own ids hash to; rows are bucketed by their media file."""
+    pairs = [manifest_row(f"clip-{i}_{side}", 10, f"clip-{i}", side) for i in range(12) for side in ("left", "right")]
     assert any(bucket_of(f"clip-{i}_left", STORES) != bucket_of(f"clip-{i}_right", STORES) for i in range(12))
     planned = plan(pairs + ROWS, STORES)
     for i in range(12):
         assert [r["video_id"] for r in planned[bucket_of(f"clip-{i}", STORES)] if r["video_id"].startswith(f"clip-{i}_")] \
             == [f"clip-{i}_left", f"clip-{i}_right"]
     assert all(bucket_of(r["video_id"], STORES) == b for b, rows in enumerate(planned) for r in rows if r in ROWS)
+
+
+def test_per_file_extractor_extracts_a_shared_file_once(tmp_path):
+    rows = [manifest_row(f"clip-{i}_{side}", 12, f"clip-{i}", side) for i in range(3) for side in ("left", "right")]
+    rows.append(manifest_row("solo", 9))
+    FakeExtractor.calls = []
+    run_extraction(PerFileFake, PARAMS, rows, str(tmp_path / "shared"))
+    assert sorted(FakeExtractor.calls) == ["clip-0_left", "clip-1_left", "clip-2_left", "solo"]
+    FakeExtractor.calls = []
+    run_extraction(FakeExtractor, PARAMS, rows, str(tmp_path / "each"))   # per person: every trial
+    assert sorted(FakeExtractor.calls) == sorted(r["video_id"] for r in rows)
+    shared, each = FeatureReader(str(tmp_path / "shared")), FeatureReader(str(tmp_path / "each"))
+    for row in rows:                       # the same rows either way (the fake depends on the file only)
+        np.testing.assert_array_equal(shared.rows(row["video_id"])["embedding"], each.rows(row["video_id"])["embedding"])
+
+
+def test_resume_with_nothing_to_do_extracts_and_loads_nothing(tmp_path, monkeypatch):
+    out = str(tmp_path)
+    run_extraction(FakeExtractor, PARAMS, ROWS, out)
+    before = tree_digest(out)
+    FakeExtractor.calls = []
+    monkeypatch.setattr(FakeExtractor, "load", lambda self: pytest.fail("models loaded with nothing to do"))
+    run_extraction(FakeExtractor, PARAMS, ROWS, out)
+    assert FakeExtractor.calls == [] and tree_digest(out) == before
+    # a changed video (its manifest SHA-256) rebuilds its store instead of resuming it
+    changed = [dict(r, sha256="f" * 64) if r["video_id"] == "video-005" else r for r in ROWS]
+    monkeypatch.undo()
+    run_extraction(FakeExtractor, PARAMS, changed, out)
+    assert sorted(FakeExtractor.calls) == sorted(r["video_id"] for r in ROWS
+                                                 if bucket_of(r["media"], STORES) == bucket_of("video-005", STORES))
 
 
 def test_single_process_writes_every_video(single):
@@ -69,14 +121,14 @@ def test_single_process_writes_every_video(single):
 
 def test_two_local_processes_match_single_process(tmp_path, single):
     out = str(tmp_path)
-    assert sorted(run_buckets(ROWS, STORES, functools.partial(extract_fake, out), workers=2)) == [0, 1, 2, 3]
+    assert sorted(run_extraction(FakeExtractor, {**PARAMS, "workers": 2}, ROWS, out)) == [0, 1, 2, 3]
     assert tree_digest(out) == tree_digest(single)
 
 
 def test_error_names_store_and_video(tmp_path):
-    rows = ROWS[:6] + [{"video_id": "bad-clip", "frames": "10"}]
+    rows = ROWS[:6] + [manifest_row("bad-clip", 10)]
     with pytest.raises(BucketError) as info:
-        run_buckets(rows, STORES, functools.partial(extract_fake, str(tmp_path)), workers=2)
+        run_extraction(FakeExtractor, {**PARAMS, "workers": 2}, rows, str(tmp_path))
     assert info.value.video == "bad-clip"
     assert info.value.bucket == bucket_of("bad-clip", STORES)
     assert "bad-clip" in str(info.value) and "cannot decode" in str(info.value)
@@ -110,8 +162,8 @@ def test_torchrun_failure_stops_every_rank(tmp_path):
 
 if __name__ == "__main__":      # launched by torchrun: python -m torch.distributed.run ... <out> [bad]
     out_dir = sys.argv[1]
-    rows = ROWS + ([{"video_id": "bad-clip", "frames": "10"}] if "bad" in sys.argv[2:] else [])
-    mine = run_buckets(rows, STORES, functools.partial(extract_fake, out_dir), workers=1)
+    rows = ROWS + ([manifest_row("bad-clip", 10)] if "bad" in sys.argv[2:] else [])
+    mine = run_extraction(FakeExtractor, PARAMS, rows, out_dir)
     committed = len(FeatureReader(out_dir).videos)      # after the meeting point: all ranks' stores
     print(f"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']} wrote {mine}, sees {committed} videos",
           flush=True)

@@ -10,6 +10,7 @@ from avfusion.annotations import AnnotationError, check_video_id, inside, read_l
 from avfusion.dataset import build_manifest
 from avfusion.errors import DatasetError, ParamsError
 from avfusion.params import validate
+from avfusion.store import file_sha256
 
 
 def tiny_video(path, frames=6, size=32, audio=True):
@@ -72,6 +73,10 @@ def test_affwild2_left_right_share_video_and_mismatch_is_recorded(tmp_path):
     assert set(rows) == {"10-60-1280x720_left", "10-60-1280x720_right", "7"}
     assert rows["10-60-1280x720_left"]["path"] == rows["10-60-1280x720_right"]["path"]
     assert (rows["10-60-1280x720_left"]["person"], rows["10-60-1280x720_right"]["person"]) == ("left", "right")
+    # one media key and one fingerprint per file, shared by its trials
+    left, right, seven = rows["10-60-1280x720_left"], rows["10-60-1280x720_right"], rows["7"]
+    assert left["media"] == right["media"] == "10-60-1280x720" and seven["media"] == "7"
+    assert left["sha256"] == right["sha256"] == file_sha256(left["path"]) != seven["sha256"]
     assert rows["7"]["split"] == "validation" and rows["7"]["frames"] == 5 and rows["7"]["label_frames"] == 7
 
 

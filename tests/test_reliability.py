@@ -18,12 +18,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import REPO, dvc, encode_video, run, run_stage, tone, tree_digest
+from conftest import REPO, dvc, encode_video, run, run_stage, tone, tree_digest, write_manifest
 from avfusion import media
 from avfusion.annotations import write_labels
 
 FPS, FRAMES = 10, 10
-HEADER = "video_id,path,split,fps,frames,labels,label_frames,person"
 
 
 def encode(path, frames=FRAMES, audio_seconds=None, size=32):
@@ -96,8 +95,9 @@ def stage_project(root, weights, videos, on_error):
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     for name in ("visual.pt", "audio.h5"):
         os.symlink(weights / name, root / "data" / "weights" / name)
-    rows = [HEADER] + [f"{vid},{path},train,{FPS},0,,0," for vid, path in videos]
-    (root / "data" / "manifest.csv").write_text("\n".join(rows) + "\n")
+    # media: the case name, as two of the bad files differ only in their extension
+    write_manifest(root / "data" / "manifest.csv", [{"video_id": vid, "path": path, "fps": FPS, "media": vid}
+                                                    for vid, path in videos])
 
 
 def last_line(stderr):

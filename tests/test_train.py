@@ -11,7 +11,7 @@ import yaml
 
 from avfusion.metrics import split_ccc
 from avfusion.train import fold_entries, load_model, run
-from avfusion.dataset import read_manifest
+from avfusion.manifest import read_manifest
 from avfusion.windows import load_split, predict_split
 from test_windows import make_dataset
 
@@ -75,7 +75,7 @@ def test_folds_rotate_videos_and_fold_zero_is_official(project):
 
 
 def test_folds_keep_left_and_right_trials_of_one_video_together():
-    rows = [{"video_id": f"{v}_{side}", "path": f"videos/{v}.mp4", "split": split, "person": side}
+    rows = [{"video_id": f"{v}_{side}", "path": f"videos/{v}.mp4", "split": split, "person": side, "media": v}
             for v, split in (("a", "train"), ("b", "train"), ("c", "validation"), ("d", "train"))
             for side in ("left", "right")]
     for train, val in fold_entries(rows, 4):

@@ -9,13 +9,16 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import LOOK, encode_video as encode, tree_digest
+from conftest import LOOK, encode_video as encode, tree_digest, write_manifest
 from avfusion import visual
+from avfusion.extract import features_dir
 from avfusion.demo import draw_face
 from avfusion.faces import FaceTracker, FaceTrackEmbedder, random_state_dict
 from avfusion.media import frame_times
 from avfusion.store import FeatureReader
 from stages import visual as visual_stage
+
+OUT_DIR = features_dir("visual")
 
 
 def face(size: int, eye_open: float = 0.8, dx: float = 0.0) -> Image.Image:
@@ -149,17 +152,16 @@ def test_resume_after_kill_is_byte_identical(tmp_path, monkeypatch):
         (root / "data" / "weights").mkdir(parents=True)
         torch.save(random_state_dict(0), root / "data" / "weights" / "visual.pt")
         (root / "params.yaml").write_text(yaml.safe_dump(params))
-        rows = ["video_id,path,split,fps,frames,labels,label_frames,person"]
-        rows += [f"{name},{paths[name]},train,10,0,,0," for name in "ab"] + [f"c_left,{paths['c']},train,10,0,,0,left"]
-        (root / "data" / "manifest.csv").write_text("\n".join(rows) + "\n")
+        write_manifest(root / "data" / "manifest.csv", [{"video_id": name, "path": paths[name]} for name in "ab"]
+                       + [{"video_id": "c_left", "path": paths["c"], "person": "left"}])
     run_stage(tmp_path / "whole", monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         run_stage(tmp_path / "killed", monkeypatch, fail_on="c.mp4")
-    assert FeatureReader(str(tmp_path / "killed" / visual.OUT_DIR)).videos == ["a", "b"]
+    assert FeatureReader(str(tmp_path / "killed" / OUT_DIR)).videos == ["a", "b"]
     run_stage(tmp_path / "killed", monkeypatch)
 
-    assert tree_digest(str(tmp_path / "whole" / visual.OUT_DIR)) == tree_digest(str(tmp_path / "killed" / visual.OUT_DIR))
-    reader = FeatureReader(str(tmp_path / "whole" / visual.OUT_DIR))
+    assert tree_digest(str(tmp_path / "whole" / OUT_DIR)) == tree_digest(str(tmp_path / "killed" / OUT_DIR))
+    reader = FeatureReader(str(tmp_path / "whole" / OUT_DIR))
     assert reader.videos == ["a", "b", "c_left"] and reader.length("a") == 3
     assert reader.rows("a", columns=("valid",))["valid"].sum() >= 2
     assert reader.provenance["extractor"] == visual.EXTRACTOR

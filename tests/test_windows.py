@@ -9,7 +9,7 @@ import torch
 from avfusion.annotations import write_labels
 from avfusion.metrics import INVALID
 from avfusion.store import StoreWriter, bucket_of, store_path
-from avfusion.dataset import read_manifest
+from avfusion.manifest import read_manifest
 from avfusion.windows import load_split, predict_video, window_starts
 
 DIM_VISUAL, DIM_AUDIO = 12, 8
@@ -51,7 +51,7 @@ def make_dataset(root, lengths=(90, 70, 120, 60, 80, 100, 75, 65), seed=0, store
         write_labels(path, full[:label_rows])
         videos[vid] = (visual, face, audio, voice)
         rows.append({"video_id": vid, "path": f"videos/{vid}.mp4", "split": split, "fps": 15, "frames": n,
-                     "labels": path, "label_frames": label_rows, "person": f"p{i}"})
+                     "labels": path, "label_frames": label_rows, "person": f"p{i}", "media": vid})
     with open(os.path.join(data, "manifest.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -396,7 +396,8 @@ def chdir(path: str):
 
 def make_project(root: str, videos: int, demo: dict) -> list[dict]:
     """A throwaway project dir: params.yaml (the repo's, demo resized), demo videos, manifest, weights."""
-    from avfusion.dataset import COLUMNS, build_manifest
+    from avfusion.dataset import build_manifest
+    from avfusion.manifest import COLUMNS
     from avfusion.demo import make_video
     from avfusion.weights import make_audio, make_visual
     with open(os.path.join(REPO, "params.yaml")) as f:
