@@ -25,7 +25,6 @@ import zlib
 from avfusion.annotations import check_video_id, inside, read_labels
 from avfusion.errors import AnnotationError, DatasetError, MediaError
 from avfusion.media import probe
-from avfusion.params import on_error
 from avfusion.store import file_sha256
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv")
@@ -123,7 +122,7 @@ def build_manifest(params: dict, skipped: list[dict] | None = None) -> list[dict
     ids = [t["video_id"] for t in trials]
     if len(set(ids)) != len(ids):
         raise DatasetError(f"{root}: duplicate video ids: {sorted({i for i in ids if ids.count(i) > 1})}")
-    skip = on_error(params, "data") == "skip"
+    skip = params.get("on_error") == "skip"         # validated by the stage's load_params
     files, kept = {}, []     # path -> (probe, SHA-256): trials sharing a file read it once
     for t in trials:
         labels = read_labels(t["labels"])           # annotation errors are never skipped

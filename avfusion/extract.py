@@ -37,7 +37,7 @@ from tqdm import tqdm
 from avfusion.errors import DatasetError, UserError
 from avfusion.manifest import MANIFEST, read_manifest
 from avfusion.media import MediaError
-from avfusion.params import on_error, resolve_device
+from avfusion.params import resolve_device
 from avfusion.store import StoreWriter, bucket_of, file_sha256, store_path
 
 WORKER_ENV = "AVFUSION_WORKER"     # the slot (0..workers-1) of a pool process, for picking a GPU
@@ -223,7 +223,7 @@ def write_store(job: Job, extractor: Extractor, bucket: int, videos: Videos) -> 
     if not extractor.loaded:
         extractor.load()
         extractor.loaded = True
-    skip = on_error(job.params, extractor.name) == "skip"
+    skip = job.params.get("on_error") == "skip"      # validated by the stage's load_params
     # per_file extractors: a file's rows are kept until the last of its trials in this store is written
     uses, shared = Counter(v["media"] for v in todo), {}
     began, frames = time.perf_counter(), 0
@@ -338,7 +338,6 @@ def run_stage(extractor: type[Extractor], params: dict) -> None:
     a UserError that names the store and the video."""
     import torch
     name, out_dir = extractor.name, features_dir(extractor.name)
-    on_error(params, name)
     os.makedirs(out_dir, exist_ok=True)
     remove_stale(out_dir, params["stores"])
     rows = read_manifest()

@@ -237,11 +237,6 @@ def load_params(section: str, path: str = PARAMS) -> dict:
     return validate(section, params[section], path)
 
 
-def on_error(params: dict, section: str) -> str:
-    """A section's `on_error`: `fail` (the default) or `skip` (leave bad videos out and report them)."""
-    return check_value(section, "on_error", params.get("on_error", ON_ERROR.default))
-
-
 def resolve_device(name: str = "auto") -> str:
     """The torch device for a `device` param or `--device` flag (auto: cuda when there is one)."""
     import torch

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import tree_digest
-from avfusion.extract import BucketError, Extractor, plan, run_extraction
+from avfusion.extract import ExtractionCrash, Extractor, plan, run_extraction
 from avfusion.store import FeatureReader, bucket_of
 
 STORES = 4
@@ -127,11 +127,12 @@ def test_two_local_processes_match_single_process(tmp_path, single):
 
 def test_error_names_store_and_video(tmp_path):
     rows = ROWS[:6] + [manifest_row("bad-clip", 10)]
-    with pytest.raises(BucketError) as info:
+    with pytest.raises(ExtractionCrash) as info:      # a ValueError is a bug: it keeps its traceback
         run_extraction(FakeExtractor, {**PARAMS, "workers": 2}, rows, str(tmp_path))
     assert info.value.video == "bad-clip"
     assert info.value.bucket == bucket_of("bad-clip", STORES)
     assert "bad-clip" in str(info.value) and "cannot decode" in str(info.value)
+    assert "Traceback" in str(info.value)
 
 
 def torchrun(out: str, *extra: str) -> subprocess.CompletedProcess:

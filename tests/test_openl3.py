@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from avfusion import openl3
+from avfusion.errors import WeightsError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "openl3-mel256-512"   # made with the official library
 
@@ -100,7 +101,7 @@ def test_rejects_a_file_that_is_not_openl3(tmp_path):
         g.attrs["weight_names"] = np.array([b"dense/kernel:0", b"dense/bias:0"])
         g.create_dataset("dense/kernel:0", data=np.zeros((4, 2), np.float32))
         g.create_dataset("dense/bias:0", data=np.zeros(2, np.float32))
-    with pytest.raises(ValueError, match="not an OpenL3 audio weight file"):
+    with pytest.raises(WeightsError, match="not an OpenL3 audio weight file"):
         openl3.load_weights(openl3.OpenL3("mel128", 512), str(path))
 
 

@@ -10,7 +10,7 @@ import yaml
 
 from avfusion import fusion, openl3
 from avfusion.errors import DeviceError, ParamsError, UserError
-from avfusion.params import SCHEMA, load_params, on_error, resolve_device, validate
+from avfusion.params import SCHEMA, load_params, resolve_device, validate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARAMS = os.path.join(REPO, "params.yaml")
@@ -121,9 +121,10 @@ def test_load_params_errors_name_the_file(tmp_path):
 
 
 def test_on_error_is_checked_by_the_schema():
-    assert on_error({}, "audio") == "fail" and on_error({"on_error": "skip"}, "visual") == "skip"
+    audio = {k: v for k, v in real_params()["audio"].items() if k != "on_error"}
+    assert validate("audio", audio)["on_error"] == "fail"      # the default
     with pytest.raises(ParamsError, match="audio.on_error must be one of fail, skip, not 'ignore'"):
-        on_error({"on_error": "ignore"}, "audio")
+        validate("audio", {**real_params()["audio"], "on_error": "ignore"})
     assert issubclass(ParamsError, UserError)
 
 
