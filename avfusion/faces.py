@@ -6,6 +6,12 @@ and embedded by InceptionResnetV1. Speed (docs/design.md §4): the library's `MT
 candidate box with its own resize call and runs max-pooling on NCHW tensors; here candidates are
 cropped in one `roi_align` call and the R/O-nets run channels-last, which more than halves the
 detection cost on a crowded 1080p frame, while decoding runs in a background thread.
+
+Detect and track (`detect_every: k`): the full cascade runs on every k-th frame and on every frame
+where no face is being followed; in between, the O-net alone re-locates the face from the square
+around its last box (box regression + probability, the cascade's last stage). A probability below
+TRACK_THRESHOLD, a jump or a face below `min_face` counts as lost and the full cascade runs on that
+frame at once. Every frame's crop is still embedded; only detection is skipped.
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ PATIENCE = 10          # frames the tracked face may stay unmatched before anoth
 # Frames per detector call on the CPU: P-net maps of ~4 frames of 640x360 stay in the CPU caches
 # (8-16 at once measured slower); tiny frames go in larger groups to save per-call overhead.
 CPU_DETECT_PIXELS = 4 * 640 * 360
+TRACK_THRESHOLD = 0.9  # O-net probability below which a tracked face counts as lost (measured: bench_visual.py)
 
 
 def random_state_dict(seed: int) -> dict[str, torch.Tensor]:
@@ -87,16 +94,31 @@ class FaceDetector:
         corners = boxes[:, :4] + boxes[:, 5:9] * size
         return rerec(torch.cat([corners, boxes[:, 4:5]], dim=1)), inds
 
-    def _refine(self, imgs, boxes, inds, net, size: int, threshold: float):
-        """R-net or O-net on the candidates (the library's stages 2 and 3); O-net ends with Min-NMS."""
-        if len(boxes) == 0:
-            return boxes[:, :5], inds
+    @staticmethod
+    def _score(imgs, boxes, inds, net, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """R-net or O-net on the square boxes [k, >=4] of images `inds`: (box regression, face probability)."""
         # The library crops [x1 - 1, x2) in pixels; roi_align zero-pads outside the frame like the
         # original MTCNN and averages several samples per output pixel for large boxes.
         rois = torch.cat([inds[:, None].to(boxes), boxes[:, :2].trunc() - 1, boxes[:, 2:4].trunc()], 1)
         crops = roi_align(imgs, rois, (size, size), sampling_ratio=-1, aligned=True)
         out = net(((crops - 127.5) * 0.0078125).contiguous(memory_format=torch.channels_last))
-        reg, score = out[0], out[-1][:, 1]
+        return out[0], out[-1][:, 1]
+
+    @torch.inference_mode()
+    def track(self, image: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, float]:
+        """The face near `box` (its box in the previous frame) in RGB `image` [H, W, 3]: the O-net's
+        regressed box and probability, from the square around `box` as the cascade feeds the O-net."""
+        img = torch.as_tensor(image, device=self.device).permute(2, 0, 1)[None].float()
+        square = rerec(torch.as_tensor(np.append(box, 0), device=self.device, dtype=torch.float32)[None])
+        reg, score = self._score(img, square, torch.zeros(1, dtype=torch.long, device=self.device), self.onet, 48)
+        found = bbreg(torch.cat([square[:, :4], score[:, None]], 1), reg)
+        return found[0, :4].cpu().numpy().astype(np.float32), float(score[0])
+
+    def _refine(self, imgs, boxes, inds, net, size: int, threshold: float):
+        """R-net or O-net on the candidates (the library's stages 2 and 3); O-net ends with Min-NMS."""
+        if len(boxes) == 0:
+            return boxes[:, :5], inds
+        reg, score = self._score(imgs, boxes, inds, net, size)
         keep = score > threshold
         boxes = torch.cat([boxes[keep, :4], score[keep, None]], dim=1)
         inds, reg = inds[keep], reg[keep]
@@ -117,6 +139,11 @@ class FaceTracker:
             raise ValueError(f"person must be '', 'left' or 'right', not {person!r}")
         self.center = np.array([width / 2, height / 2], np.float32)
         self.person, self.last, self.missed = person, None, 0
+
+    @property
+    def following(self) -> bool:
+        """Whether the last frame had the tracked face (so it can be tracked into this one)."""
+        return self.last is not None and self.missed == 0
 
     def _pick(self, boxes: np.ndarray) -> int:
         centers = (boxes[:, :2] + boxes[:, 2:]) / 2
@@ -196,8 +223,11 @@ class FaceTrackEmbedder:
     """Built once, reused for every video: `embed_video(path, person)` gives one row per frame."""
 
     def __init__(self, weights: str | dict, device: str = "cpu", detect_size: int = 640,
-                 min_face: int = 20, margin: int = 20, batch_size: int = 32, keep_pooled: bool = False):
-        self.device, self.detect_size, self.margin = device, detect_size, margin
+                 min_face: int = 20, margin: int = 20, batch_size: int = 32, keep_pooled: bool = False,
+                 detect_every: int = 1):
+        if detect_every < 1:
+            raise ValueError(f"detect_every must be at least 1, not {detect_every}")
+        self.device, self.detect_size, self.margin, self.detect_every = device, detect_size, margin, detect_every
         self.batch_size, self.keep_pooled = batch_size, keep_pooled
         self.detector = FaceDetector(device, min_face)
         self.net = load_embedder(weights, device)
@@ -221,25 +251,49 @@ class FaceTrackEmbedder:
             embedding = self.net(batch)
         return embedding.float().cpu(), self._pooled[0].float().cpu()
 
+    def _detect(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Full cascade on same-size RGB frames, in groups that suit the device."""
+        if not images:
+            return []
+        smalls = np.stack(images)
+        step = len(smalls) if self.device.startswith("cuda") else max(1, CPU_DETECT_PIXELS // smalls[0, ..., 0].size)
+        return [d for i in range(0, len(smalls), step) for d in self.detector(smalls[i:i + step])]
+
+    def _track(self, small: np.ndarray, scale: float, tracker: FaceTracker) -> tuple[np.ndarray, float] | None:
+        """The followed face re-located by the O-net (full-resolution box, probability), or None when lost."""
+        box, prob = self.detector.track(small, tracker.last / scale)
+        side = min(box[2] - box[0], box[3] - box[1])
+        moved = box_iou(torch.from_numpy(tracker.last[None] / scale), torch.from_numpy(box[None]))[0, 0]
+        if prob < TRACK_THRESHOLD or side < self.detector.min_face or moved < MIN_IOU:
+            return None
+        return box * scale, prob
+
     def embed_video(self, path: str, person: str = "") -> dict[str, np.ndarray]:
         """Rows for every decoded frame: embedding [n, 512], valid [n], box [n, 4] (full-resolution
         pixels), prob [n], time [n], and pooled [n, 1792] when `keep_pooled`. Raises MediaError."""
         times, embeddings, pooled, boxes, probs, valid = [], [], [], [], [], []
-        tracker = None
+        tracker, first = None, 0
         frames = _prefetch(self._frames(path), depth=self.batch_size)   # one batch decoded ahead
         while batch := [item for _, item in zip(range(self.batch_size), frames)]:
             if tracker is None:
                 tracker = FaceTracker(batch[0][1].shape[1], batch[0][1].shape[0], person)
-            smalls = np.stack([small for _, _, small, _ in batch])
-            step = len(batch) if self.device.startswith("cuda") else max(1, CPU_DETECT_PIXELS // smalls[0, ..., 0].size)
-            detections = [d for i in range(0, len(batch), step) for d in self.detector(smalls[i:i + step])]
+            due = [i for i in range(len(batch)) if (first + i) % self.detect_every == 0]
+            detections = dict(zip(due, self._detect([batch[i][2] for i in due])))
+            first += len(batch)
             crops, rows = [], []
-            for i, ((t, full, _, scale), (found, prob)) in enumerate(zip(batch, detections)):
-                chosen = tracker.update(found * scale)
-                box = found[chosen] * scale if chosen is not None else np.zeros(4, np.float32)
+            for i, (t, full, small, scale) in enumerate(batch):
+                tracked = self._track(small, scale, tracker) if i not in detections and tracker.following else None
+                if tracked is None:
+                    found, prob = detections[i] if i in detections else self._detect([small])[0]
+                    chosen = tracker.update(found * scale)
+                    box = found[chosen] * scale if chosen is not None else np.zeros(4, np.float32)
+                    prob = prob[chosen] if chosen is not None else 0.0
+                else:
+                    box, prob = tracked
+                    chosen = tracker.update(box[None])
                 times.append(t)
                 boxes.append(box)
-                probs.append(prob[chosen] if chosen is not None else 0.0)
+                probs.append(prob)
                 valid.append(chosen is not None)
                 if chosen is not None:
                     crops.append(crop_face(full, box, self.margin))
