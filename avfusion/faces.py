@@ -7,11 +7,13 @@ candidate box with its own resize call and runs max-pooling on NCHW tensors; her
 cropped in one `roi_align` call and the R/O-nets run channels-last, which more than halves the
 detection cost on a crowded 1080p frame, while decoding runs in a background thread.
 
-Detect and track (`detect_every: k`): the full cascade runs on every k-th frame and on every frame
-where no face is being followed; in between, the O-net alone re-locates the face from the square
-around its last box (box regression + probability, the cascade's last stage). A probability below
-TRACK_THRESHOLD, a jump or a face below `min_face` counts as lost and the full cascade runs on that
-frame at once. Every frame's crop is still embedded; only detection is skipped.
+Detect and track (`detect_every: k`): the full cascade runs on every k-th frame; in between, the
+O-net alone re-locates the followed face from squares around its last box (box regression +
+probability, the cascade's last stage). A probability below TRACK_THRESHOLD, a jump or a face below
+`min_face` counts as lost and the full cascade runs on that frame at once. While a lost face may only
+come back where it was (PATIENCE), the O-net looks there first and the cascade runs only if it sees a
+face; when any face may be taken, the cascade runs on every frame. Every frame's crop is still
+embedded; only detection is skipped, so the rows follow detection on every frame closely.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ PATIENCE = 10          # frames the tracked face may stay unmatched before anoth
 # (8-16 at once measured slower); tiny frames go in larger groups to save per-call overhead.
 CPU_DETECT_PIXELS = 4 * 640 * 360
 TRACK_THRESHOLD = 0.9  # O-net probability below which a tracked face counts as lost (measured: bench_visual.py)
+TRACK_SHIFT = 0.3      # tracking also tries squares shifted by this share of the face's size
 
 
 def random_state_dict(seed: int) -> dict[str, torch.Tensor]:
@@ -105,14 +108,34 @@ class FaceDetector:
         return out[0], out[-1][:, 1]
 
     @torch.inference_mode()
-    def track(self, image: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, float]:
-        """The face near `box` (its box in the previous frame) in RGB `image` [H, W, 3]: the O-net's
-        regressed box and probability, from the square around `box` as the cascade feeds the O-net."""
-        img = torch.as_tensor(image, device=self.device).permute(2, 0, 1)[None].float()
-        square = rerec(torch.as_tensor(np.append(box, 0), device=self.device, dtype=torch.float32)[None])
-        reg, score = self._score(img, square, torch.zeros(1, dtype=torch.long, device=self.device), self.onet, 48)
+    def track(self, image: np.ndarray, box: np.ndarray, motion: np.ndarray) -> tuple[np.ndarray, float]:
+        """The face that was at `box` in the previous frame of RGB `image` [H, W, 3] and moved by about
+        `motion` (box delta) since the frame before: the O-net's box and probability, as the cascade's last stage.
+
+        The O-net's box regression reaches about a quarter of the face's width, so it scores squares
+        around the box, its predicted place and shifts of both in one batch, then refines the best."""
+        side = float(max(box[2] - box[0], box[3] - box[1]))
+        shifts = np.array([[0, 0], [-1, 0], [1, 0], [0, -1], [0, 1]], np.float32) * TRACK_SHIFT * side
+        candidates = np.concatenate([box + np.tile(shifts, 2), box + motion + np.tile(shifts, 2)])
+        squares = rerec(torch.as_tensor(np.concatenate([candidates, np.zeros((len(candidates), 1))], 1),
+                                        dtype=torch.float32, device=self.device))
+        reg, score = self._score_region(image, squares)
+        best = int(score.argmax())
+        square = rerec(bbreg(torch.cat([squares[best:best + 1, :4], score[best:best + 1, None]], 1), reg[best:best + 1]))
+        reg, score = self._score_region(image, square)
         found = bbreg(torch.cat([square[:, :4], score[:, None]], 1), reg)
         return found[0, :4].cpu().numpy().astype(np.float32), float(score[0])
+
+    def _score_region(self, image: np.ndarray, squares: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """O-net on squares of one image; only the region they cover is converted (a few pixels wider
+        for the bilinear samples), and outside the frame is zero as when cropping the whole image."""
+        h, w = image.shape[:2]
+        x0, y0 = (int(max(0, min(v, n - 1))) for v, n in ((squares[:, 0].min() - 3, w), (squares[:, 1].min() - 3, h)))
+        x1, y1 = (int(max(1, min(v, n))) for v, n in ((squares[:, 2].max() + 3, w), (squares[:, 3].max() + 3, h)))
+        region = torch.as_tensor(image[y0:y1, x0:x1], device=self.device).permute(2, 0, 1)[None].float()
+        offset = torch.tensor([x0, y0, x0, y0], dtype=torch.float32, device=self.device)
+        inds = torch.zeros(len(squares), dtype=torch.long, device=self.device)
+        return self._score(region, squares[:, :4] - offset, inds, self.onet, 48)
 
     def _refine(self, imgs, boxes, inds, net, size: int, threshold: float):
         """R-net or O-net on the candidates (the library's stages 2 and 3); O-net ends with Min-NMS."""
@@ -139,6 +162,7 @@ class FaceTracker:
             raise ValueError(f"person must be '', 'left' or 'right', not {person!r}")
         self.center = np.array([width / 2, height / 2], np.float32)
         self.person, self.last, self.missed = person, None, 0
+        self.motion = np.zeros(4, np.float32)   # box change since the frame before, while followed
 
     @property
     def following(self) -> bool:
@@ -167,6 +191,7 @@ class FaceTracker:
         if chosen is None:
             self.missed += 1
         else:
+            self.motion = boxes[chosen] - self.last if self.following else np.zeros(4, np.float32)
             self.last, self.missed = boxes[chosen], 0
         return chosen
 
@@ -261,12 +286,31 @@ class FaceTrackEmbedder:
 
     def _track(self, small: np.ndarray, scale: float, tracker: FaceTracker) -> tuple[np.ndarray, float] | None:
         """The followed face re-located by the O-net (full-resolution box, probability), or None when lost."""
-        box, prob = self.detector.track(small, tracker.last / scale)
+        box, prob = self.detector.track(small, tracker.last / scale, tracker.motion / scale)
         side = min(box[2] - box[0], box[3] - box[1])
         moved = box_iou(torch.from_numpy(tracker.last[None] / scale), torch.from_numpy(box[None]))[0, 0]
         if prob < TRACK_THRESHOLD or side < self.detector.min_face or moved < MIN_IOU:
             return None
         return box * scale, prob
+
+    def _face(self, small: np.ndarray, scale: float, tracker: FaceTracker,
+              detection: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, float] | None:
+        """This frame's followed face (full-resolution box, probability) or None; `detection` is the
+        frame's full cascade when one was due."""
+        if detection is None and tracker.following:
+            tracked = self._track(small, scale, tracker)
+            if tracked is not None:
+                tracker.update(tracked[0][None])
+                return tracked
+        elif detection is None and tracker.last is not None and tracker.missed < PATIENCE:
+            # Lost a moment ago: only a face overlapping its last box could be taken, so look there first.
+            _, prob = self.detector.track(small, tracker.last / scale, np.zeros(4, np.float32))
+            if prob < self.detector.thresholds[2]:
+                tracker.update(np.zeros((0, 4), np.float32))
+                return None
+        found, probs = detection if detection is not None else self._detect([small])[0]
+        chosen = tracker.update(found * scale)
+        return None if chosen is None else (found[chosen] * scale, probs[chosen])
 
     def embed_video(self, path: str, person: str = "") -> dict[str, np.ndarray]:
         """Rows for every decoded frame: embedding [n, 512], valid [n], box [n, 4] (full-resolution
@@ -282,20 +326,13 @@ class FaceTrackEmbedder:
             first += len(batch)
             crops, rows = [], []
             for i, (t, full, small, scale) in enumerate(batch):
-                tracked = self._track(small, scale, tracker) if i not in detections and tracker.following else None
-                if tracked is None:
-                    found, prob = detections[i] if i in detections else self._detect([small])[0]
-                    chosen = tracker.update(found * scale)
-                    box = found[chosen] * scale if chosen is not None else np.zeros(4, np.float32)
-                    prob = prob[chosen] if chosen is not None else 0.0
-                else:
-                    box, prob = tracked
-                    chosen = tracker.update(box[None])
+                face = self._face(small, scale, tracker, detections.get(i))
+                box, prob = face if face is not None else (np.zeros(4, np.float32), 0.0)
                 times.append(t)
                 boxes.append(box)
                 probs.append(prob)
-                valid.append(chosen is not None)
-                if chosen is not None:
+                valid.append(face is not None)
+                if face is not None:
                     crops.append(crop_face(full, box, self.margin))
                     rows.append(i)
             embedding = torch.zeros(len(batch), EMBEDDING_DIM)
