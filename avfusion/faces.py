@@ -41,6 +41,7 @@ PATIENCE = 10          # frames the tracked face may stay unmatched before anoth
 CPU_DETECT_PIXELS = 4 * 640 * 360
 TRACK_THRESHOLD = 0.9  # O-net probability below which a tracked face counts as lost (measured: bench_visual.py)
 TRACK_SHIFT = 0.3      # tracking also tries squares shifted by this share of the face's size
+PROBE_THRESHOLD = 0.1  # a just-lost face's last place looks this face-like: run the full cascade there
 
 
 def random_state_dict(seed: int) -> dict[str, torch.Tensor]:
@@ -110,23 +111,25 @@ class FaceDetector:
     @torch.inference_mode()
     def track(self, image: np.ndarray, box: np.ndarray, motion: np.ndarray) -> tuple[np.ndarray, float]:
         """The face that was at `box` in the previous frame of RGB `image` [H, W, 3] and moved by about
-        `motion` (box delta) since the frame before: the O-net's box and probability, as the cascade's last stage.
+        `motion` (box delta) since the frame before: the O-net's box, as the cascade's last stage, and
+        the lower of the O-net's and R-net's probabilities for it (the cascade needs both to pass).
 
         The O-net's box regression reaches about a quarter of the face's width, so it scores squares
-        around the box, its predicted place and shifts of both in one batch, then refines the best."""
+        around the box, its predicted place and shifts of that in one batch, then refines the best."""
         side = float(max(box[2] - box[0], box[3] - box[1]))
         shifts = np.array([[0, 0], [-1, 0], [1, 0], [0, -1], [0, 1]], np.float32) * TRACK_SHIFT * side
-        candidates = np.concatenate([box + np.tile(shifts, 2), box + motion + np.tile(shifts, 2)])
+        candidates = np.concatenate([box[None], box + motion + np.tile(shifts, 2)])
         squares = rerec(torch.as_tensor(np.concatenate([candidates, np.zeros((len(candidates), 1))], 1),
                                         dtype=torch.float32, device=self.device))
-        reg, score = self._score_region(image, squares)
+        reg, score = self._score_region(image, squares, self.onet, 48)
         best = int(score.argmax())
         square = rerec(bbreg(torch.cat([squares[best:best + 1, :4], score[best:best + 1, None]], 1), reg[best:best + 1]))
-        reg, score = self._score_region(image, square)
+        reg, score = self._score_region(image, square, self.onet, 48)
+        _, rnet_score = self._score_region(image, square, self.rnet, 24)
         found = bbreg(torch.cat([square[:, :4], score[:, None]], 1), reg)
-        return found[0, :4].cpu().numpy().astype(np.float32), float(score[0])
+        return found[0, :4].cpu().numpy().astype(np.float32), float(min(score[0], rnet_score[0]))
 
-    def _score_region(self, image: np.ndarray, squares: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _score_region(self, image: np.ndarray, squares: torch.Tensor, net, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """O-net on squares of one image; only the region they cover is converted (a few pixels wider
         for the bilinear samples), and outside the frame is zero as when cropping the whole image."""
         h, w = image.shape[:2]
@@ -135,7 +138,7 @@ class FaceDetector:
         region = torch.as_tensor(image[y0:y1, x0:x1], device=self.device).permute(2, 0, 1)[None].float()
         offset = torch.tensor([x0, y0, x0, y0], dtype=torch.float32, device=self.device)
         inds = torch.zeros(len(squares), dtype=torch.long, device=self.device)
-        return self._score(region, squares[:, :4] - offset, inds, self.onet, 48)
+        return self._score(region, squares[:, :4] - offset, inds, net, size)
 
     def _refine(self, imgs, boxes, inds, net, size: int, threshold: float):
         """R-net or O-net on the candidates (the library's stages 2 and 3); O-net ends with Min-NMS."""
@@ -305,7 +308,7 @@ class FaceTrackEmbedder:
         elif detection is None and tracker.last is not None and tracker.missed < PATIENCE:
             # Lost a moment ago: only a face overlapping its last box could be taken, so look there first.
             _, prob = self.detector.track(small, tracker.last / scale, np.zeros(4, np.float32))
-            if prob < self.detector.thresholds[2]:
+            if prob < PROBE_THRESHOLD:
                 tracker.update(np.zeros((0, 4), np.float32))
                 return None
         found, probs = detection if detection is not None else self._detect([small])[0]

@@ -27,12 +27,12 @@ SKIP_REPORT = "reports/skipped_visual.json"   # videos passed over with on_error
 EXTRACTOR = "facenet-mtcnn-inception-resnet-v1/1"
 # Params that change the stored values besides the weights (hashed instead); batch size, stores and
 # workers only change speed or layout.
-OUTPUT_PARAMS = ("detect_size", "min_face", "margin", "keep_pooled")
+OUTPUT_PARAMS = ("detect_size", "min_face", "margin", "keep_pooled", "detect_every")
 
 
 def make_embedder(params: dict, device: str) -> FaceTrackEmbedder:
     return FaceTrackEmbedder(WEIGHTS, device, params["detect_size"], params["min_face"], params["margin"],
-                             params["batch_size"], params["keep_pooled"])
+                             params["batch_size"], params["keep_pooled"], params["detect_every"])
 
 
 def extract_store(bucket: int, videos: Videos) -> None:
