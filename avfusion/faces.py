@@ -39,7 +39,7 @@ PATIENCE = 10          # frames the tracked face may stay unmatched before anoth
 # Frames per detector call on the CPU: P-net maps of ~4 frames of 640x360 stay in the CPU caches
 # (8-16 at once measured slower); tiny frames go in larger groups to save per-call overhead.
 CPU_DETECT_PIXELS = 4 * 640 * 360
-TRACK_THRESHOLD = 0.9  # O-net probability below which a tracked face counts as lost (measured: bench_visual.py)
+TRACK_THRESHOLD = 0.7  # a tracked face whose O-net or R-net probability falls below this is lost (the cascade's O-net threshold)
 TRACK_SHIFT = 0.3      # tracking also tries squares shifted by this share of the face's size
 PROBE_THRESHOLD = 0.1  # a just-lost face's last place looks this face-like: run the full cascade there
 
@@ -112,7 +112,8 @@ class FaceDetector:
     def track(self, image: np.ndarray, box: np.ndarray, motion: np.ndarray) -> tuple[np.ndarray, float]:
         """The face that was at `box` in the previous frame of RGB `image` [H, W, 3] and moved by about
         `motion` (box delta) since the frame before: the O-net's box, as the cascade's last stage, and
-        the lower of the O-net's and R-net's probabilities for it (the cascade needs both to pass).
+        the lower of the O-net's (best over the squares it saw) and the R-net's probabilities for it (the
+        cascade needs both to pass).
 
         The O-net's box regression reaches about a quarter of the face's width, so it scores squares
         around the box, its predicted place and shifts of that in one batch, then refines the best."""
@@ -124,10 +125,10 @@ class FaceDetector:
         reg, score = self._score_region(image, squares, self.onet, 48)
         best = int(score.argmax())
         square = rerec(bbreg(torch.cat([squares[best:best + 1, :4], score[best:best + 1, None]], 1), reg[best:best + 1]))
-        reg, score = self._score_region(image, square, self.onet, 48)
+        reg, refined = self._score_region(image, square, self.onet, 48)
         _, rnet_score = self._score_region(image, square, self.rnet, 24)
-        found = bbreg(torch.cat([square[:, :4], score[:, None]], 1), reg)
-        return found[0, :4].cpu().numpy().astype(np.float32), float(min(score[0], rnet_score[0]))
+        found = bbreg(torch.cat([square[:, :4], refined[:, None]], 1), reg)
+        return found[0, :4].cpu().numpy().astype(np.float32), float(min(refined[0], rnet_score[0]))
 
     def _score_region(self, image: np.ndarray, squares: torch.Tensor, net, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """O-net on squares of one image; only the region they cover is converted (a few pixels wider
