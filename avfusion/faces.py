@@ -109,11 +109,10 @@ class FaceDetector:
         return out[0], out[-1][:, 1]
 
     @torch.inference_mode()
-    def track(self, image: np.ndarray, box: np.ndarray, motion: np.ndarray) -> tuple[np.ndarray, float]:
+    def track(self, image: np.ndarray, box: np.ndarray, motion: np.ndarray) -> tuple[np.ndarray, float, float]:
         """The face that was at `box` in the previous frame of RGB `image` [H, W, 3] and moved by about
-        `motion` (box delta) since the frame before: the O-net's box, as the cascade's last stage, and
-        the lower of the O-net's (best over the squares it saw) and the R-net's probabilities for it (the
-        cascade needs both to pass).
+        `motion` (box delta) since the frame before: the O-net's box (as the cascade's last stage gives
+        it), and the O-net's and R-net's probabilities for the square around it.
 
         The O-net's box regression reaches about a quarter of the face's width, so it scores squares
         around the box, its predicted place and shifts of that in one batch, then refines the best."""
@@ -128,10 +127,10 @@ class FaceDetector:
         reg, refined = self._score_region(image, square, self.onet, 48)
         _, rnet_score = self._score_region(image, square, self.rnet, 24)
         found = bbreg(torch.cat([square[:, :4], refined[:, None]], 1), reg)
-        return found[0, :4].cpu().numpy().astype(np.float32), float(min(refined[0], rnet_score[0]))
+        return found[0, :4].cpu().numpy().astype(np.float32), float(refined[0]), float(rnet_score[0])
 
     def _score_region(self, image: np.ndarray, squares: torch.Tensor, net, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """O-net on squares of one image; only the region they cover is converted (a few pixels wider
+        """R-net or O-net on squares of one image; only the region they cover is converted (a few pixels wider
         for the bilinear samples), and outside the frame is zero as when cropping the whole image."""
         h, w = image.shape[:2]
         x0, y0 = (int(max(0, min(v, n - 1))) for v, n in ((squares[:, 0].min() - 3, w), (squares[:, 1].min() - 3, h)))
@@ -290,10 +289,10 @@ class FaceTrackEmbedder:
 
     def _track(self, small: np.ndarray, scale: float, tracker: FaceTracker) -> tuple[np.ndarray, float] | None:
         """The followed face re-located by the O-net (full-resolution box, probability), or None when lost."""
-        box, prob = self.detector.track(small, tracker.last / scale, tracker.motion / scale)
+        box, prob, rnet_prob = self.detector.track(small, tracker.last / scale, tracker.motion / scale)
         side = min(box[2] - box[0], box[3] - box[1])
         moved = box_iou(torch.from_numpy(tracker.last[None] / scale), torch.from_numpy(box[None]))[0, 0]
-        if prob < TRACK_THRESHOLD or side < self.detector.min_face or moved < MIN_IOU:
+        if min(prob, rnet_prob) < TRACK_THRESHOLD or side < self.detector.min_face or moved < MIN_IOU:
             return None
         return box * scale, prob
 
@@ -308,8 +307,8 @@ class FaceTrackEmbedder:
                 return tracked
         elif detection is None and tracker.last is not None and tracker.missed < PATIENCE:
             # Lost a moment ago: only a face overlapping its last box could be taken, so look there first.
-            _, prob = self.detector.track(small, tracker.last / scale, np.zeros(4, np.float32))
-            if prob < PROBE_THRESHOLD:
+            _, prob, rnet_prob = self.detector.track(small, tracker.last / scale, np.zeros(4, np.float32))
+            if min(prob, rnet_prob) < PROBE_THRESHOLD:
                 tracker.update(np.zeros((0, 4), np.float32))
                 return None
         found, probs = detection if detection is not None else self._detect([small])[0]
