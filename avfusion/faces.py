@@ -284,8 +284,13 @@ class FaceTrackEmbedder:
         if not images:
             return []
         smalls = np.stack(images)
-        step = len(smalls) if self.device.startswith("cuda") else max(1, CPU_DETECT_PIXELS // smalls[0, ..., 0].size)
+        step = len(smalls) if self.device.startswith("cuda") else self._group(smalls[0])
         return [d for i in range(0, len(smalls), step) for d in self.detector(smalls[i:i + step])]
+
+    @staticmethod
+    def _group(small: np.ndarray) -> int:
+        """Frames per cascade call on the CPU."""
+        return max(1, CPU_DETECT_PIXELS // small[..., 0].size)
 
     def _track(self, small: np.ndarray, scale: float, tracker: FaceTracker) -> tuple[np.ndarray, float] | None:
         """The followed face re-located by the O-net (full-resolution box, probability), or None when lost."""
@@ -329,6 +334,11 @@ class FaceTrackEmbedder:
             first += len(batch)
             crops, rows = [], []
             for i, (t, full, small, scale) in enumerate(batch):
+                if i not in detections and not tracker.following and (tracker.last is None or tracker.missed >= PATIENCE):
+                    # Searching: the cascade runs here and likely on the next frames too. Small frames go
+                    # in groups (per-call overhead); large ones one by one (no work lost once a face is found).
+                    ahead = [j for j in range(i, min(len(batch), i + self._group(small) // 4 or 1)) if j not in detections]
+                    detections.update(zip(ahead, self._detect([batch[j][2] for j in ahead])))
                 face = self._face(small, scale, tracker, detections.get(i))
                 box, prob = face if face is not None else (np.zeros(4, np.float32), 0.0)
                 times.append(t)
