@@ -1,18 +1,19 @@
 """Train stage: fusion models on the cached features (`python -m avfusion.train`, or under `torchrun`).
 
 One model per fold: fold 0 is the official train/validation split; with `train.folds: k > 1`, folds
-1..k-1 hold out blocks of the pooled train + validation media files (LFAN, docs/design.md §7).
-How a model trains is the recipe's (`train.recipe`, avfusion/recipes.py): by default one joint model,
-batch-pooled masked 1 - CCC on valence and arousal, AdamW, cosine schedule, early stopping on the
-validation mean CCC (computed the official way); the papers' recipes change windows, loss, optimiser,
-schedule and train one model per dimension. `fusion.type: ridge` is fitted by scikit-learn instead. bf16 autocast on CUDA with every feature preloaded on the GPU;
-on the CPU, runs are bit-identical for a seed. Under torchrun each process trains on its share of each
-epoch's windows (DDP: nccl on CUDA, gloo on the CPU); rank 0 writes the outputs.
+1..k-1 hold out blocks of whole training media files (scikit-learn's GroupKFold), so the k validation
+sets partition train + validation (LFAN, docs/design.md §7). How a model trains is the recipe's
+(`train.recipe`, avfusion/recipes.py): by default one joint model, batch-pooled masked 1 - CCC on
+valence and arousal, AdamW, cosine schedule, early stopping on the validation mean CCC (computed the
+official way); the papers' recipes change windows, loss, optimiser and schedule, and LFAN's trains one
+model per dimension. `fusion.type: ridge` is fitted by scikit-learn instead. bf16 autocast on CUDA
+with every feature preloaded on the GPU; on the CPU, runs are bit-identical for a seed. Under torchrun
+each process trains on its share of each epoch's windows (DDP: nccl on CUDA, gloo on the CPU); rank 0
+writes the outputs.
 
 Outputs: models/fold-<i>/model.pt (state_dict) and config.json (what `load_model` and prediction need:
 fusion params, window, hop, feature dims and the extractors' provenance, plus every resolved training
-setting and the recipe's post-processing); dvclive curves and
-summaries under reports/train/.
+setting and the recipe's post-processing); dvclive curves and summaries under reports/train/.
 """
 from __future__ import annotations
 
