@@ -216,10 +216,10 @@ def train_fold(fold: int, train: Split, validation: Split, fusion: dict, params:
                     "seconds": round(v["seconds"] + a["seconds"], 2)}
 
 
-def fit_ridge(train: Split, validation: Split, fusion: dict, params: dict) -> tuple[dict, dict]:
+def fit_ridge(fold: int, train: Split, validation: Split, fusion: dict, params: dict, live) -> tuple[dict, dict]:
     """`fusion.type: ridge`: scikit-learn Ridge per dimension on every training frame that is annotated
     and has a modality; the penalty is the one of `fusion.ridge_alphas` with the best validation mean
-    CCC (as early stopping picks the neural models' epoch)."""
+    CCC (as early stopping picks the neural models' epoch). Curves: validation CCC per penalty tried."""
     from sklearn.linear_model import Ridge   # only this model type needs scikit-learn loaded
 
     alphas = fusion.get("ridge_alphas") or [1.0]
@@ -234,7 +234,7 @@ def fit_ridge(train: Split, validation: Split, fusion: dict, params: dict) -> tu
     y = train.labels_numpy().astype(np.float64)
     present = (train.visual_valid | train.audio_valid).cpu().numpy()
     best, best_state = {"ccc_mean": -math.inf}, None
-    for alpha in alphas:
+    for step, alpha in enumerate(alphas, start=1):
         for d in range(2):
             keep = present & (y[:, d] != INVALID)
             fit = Ridge(alpha=float(alpha)).fit(x[keep], y[keep, d])
@@ -243,6 +243,12 @@ def fit_ridge(train: Split, validation: Split, fusion: dict, params: dict) -> tu
         scores = split_ccc(np.clip(predict_split(model, validation, params["window"], params["hop"],
                                                  params["last_window"]), -1, 1), validation.labels_numpy())
         mean = float(np.nan_to_num(scores["mean"], nan=-1.0))
+        if live is not None:
+            live.step = step
+            live.log_metric(f"fold-{fold}/validation/alpha", float(alpha))
+            for name in ("valence", "arousal", "mean"):
+                live.log_metric(f"fold-{fold}/validation/ccc_{name}", float(scores[name]))
+            live.make_summary()
         if mean > best["ccc_mean"]:
             best = {"ccc_valence": float(scores["valence"]), "ccc_arousal": float(scores["arousal"]),
                     "ccc_mean": mean, "alpha": float(alpha)}
@@ -306,7 +312,7 @@ def run(fusion: dict, params: dict, root: str = ".") -> list[dict]:
         train = load_split(train_rows, path(VISUAL), path(AUDIO), device)
         validation = load_split(validation_rows, path(VISUAL), path(AUDIO), device)
         if fusion["type"] == "ridge":
-            state, summary = fit_ridge(train, validation, fusion, params)
+            state, summary = fit_ridge(fold, train, validation, fusion, params, live)
         else:
             state, summary = train_fold(fold, train, validation, fusion, params, device, rank, world, live)
         summaries.append(summary)

@@ -168,6 +168,8 @@ def test_ridge_end_to_end_on_tiny_stores(tmp_path):
     assert set(state) == {"visual_mean", "visual_std", "audio_mean", "audio_std", "coef", "intercept"}
     model, config = load_model(os.path.join(root, "models/fold-0"))
     assert config["fusion"]["output"] == "linear"
+    # dvc.yaml declares the training curves as an output: ridge draws validation CCC per penalty
+    assert os.path.exists(os.path.join(root, "reports/train/plots/metrics/fold-0/validation/ccc_mean.tsv"))
 
     # the same fit done directly with scikit-learn on the standardised, absent-zeroed training rows
     manifest = read_manifest(os.path.join(root, "data/manifest.csv"))
