@@ -3,7 +3,8 @@
 Per video, each fold model predicts every frame (overlapping windows averaged). Test videos are
 predicted by every fold and merged by CCC centring, per dimension; train and validation videos by
 fold 0 alone (the official split), because the other folds trained on some of them. Then optional
-moving-average smoothing per dimension and clipping to [-1, 1].
+moving-average smoothing per dimension and clipping to [-1, 1], in the order and edge mode the eval
+params (or, where they are null, the model's training recipe, avfusion/recipes.py) choose.
 
 Scores follow the official protocol: CCC over all valid frames of a split's videos concatenated, `-5`
 excluded. Outputs: reports/metrics.json (per split), reports/per_video.csv, ABAW submission files in
@@ -28,6 +29,7 @@ from avfusion.manifest import MANIFEST, read_manifest
 from avfusion.metrics import INVALID, ccc, ccc_centring, split_ccc
 from avfusion.params import load_params, resolve_device
 from avfusion.plots import DATA_DIR, PNG_DIR, write_plots
+from avfusion.recipes import eval_settings
 from avfusion.store import FeatureReader
 from avfusion.train import load_model
 from avfusion.windows import load_split, predict_split
@@ -52,11 +54,12 @@ class VideoResult:
     true: np.ndarray | None       # [n, 2] labels with -5 where not annotated; None when unlabelled
 
 
-def moving_average(x: np.ndarray, frames: int) -> np.ndarray:
-    """Centred moving average of a 1-d series over `frames` frames; edges repeat the end values."""
+def moving_average(x: np.ndarray, frames: int, mode: str = "nearest") -> np.ndarray:
+    """Centred moving average of a 1-d series over `frames` frames; at the edges "nearest" repeats the
+    end values, "constant" pads with zeros (JCA's val.py)."""
     if frames <= 1:
         return np.asarray(x, dtype=np.float64)
-    return uniform_filter1d(np.asarray(x, dtype=np.float64), size=frames, mode="nearest")
+    return uniform_filter1d(np.asarray(x, dtype=np.float64), size=frames, mode=mode)
 
 
 def merge_folds(fold_predictions: list[np.ndarray]) -> np.ndarray:
@@ -66,11 +69,16 @@ def merge_folds(fold_predictions: list[np.ndarray]) -> np.ndarray:
     return np.stack([ccc_centring([p[:, d] for p in fold_predictions], clip=False) for d in range(2)], axis=1)
 
 
-def postprocess(pred: np.ndarray, clip: bool, smooth_valence: int, smooth_arousal: int) -> np.ndarray:
-    """Smooth each dimension over its own number of frames, then clip to the label range."""
-    out = np.stack([moving_average(pred[:, 0], smooth_valence),
-                    moving_average(pred[:, 1], smooth_arousal)], axis=1)
-    return np.clip(out, -1.0, 1.0) if clip else out
+def postprocess(pred: np.ndarray, clip: bool, smooth_valence: int, smooth_arousal: int,
+                mode: str = "nearest", order: str = "smooth_then_clip") -> np.ndarray:
+    """Smooth each dimension over its own number of frames and clip to the label range, in `order`
+    (smooth_then_clip | clip_then_smooth, JCA's)."""
+    out = np.asarray(pred, dtype=np.float64)
+    if clip and order == "clip_then_smooth":
+        out = np.clip(out, -1.0, 1.0)
+    out = np.stack([moving_average(out[:, 0], smooth_valence, mode),
+                    moving_average(out[:, 1], smooth_arousal, mode)], axis=1)
+    return np.clip(out, -1.0, 1.0) if clip and order == "smooth_then_clip" else out
 
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:
@@ -182,6 +190,7 @@ def predict_all(params: dict, manifest: str, visual_dir: str, audio_dir: str, mo
     directories = fold_dirs(models_dir)
     folds = [load_model(d, device) for d in directories]
     check_features(directories, [config for _, config in folds], visual_dir, audio_dir)
+    params = eval_settings(params, folds[0][1].get("eval"))
     entries = read_manifest(manifest)
     results = []
     for split in SPLITS:
@@ -190,12 +199,14 @@ def predict_all(params: dict, manifest: str, visual_dir: str, audio_dir: str, mo
             continue
         data = load_split(rows, visual_dir, audio_dir, device)
         models = folds if split == "test" else folds[:1]
-        fold_predictions = [predict_split(model, data, config["window"], config["hop"]) for model, config in models]
+        fold_predictions = [predict_split(model, data, config["window"], config["hop"],
+                                          config.get("last_window", "pad")) for model, config in models]
         labels = data.labels_numpy()
         fps = {e["video_id"]: float(e["fps"]) for e in rows}
         for video_id, frames in data.video_slices().items():
             pred = postprocess(merge_folds([p[frames] for p in fold_predictions]), params["clip"],
-                               params["smooth_valence"], params["smooth_arousal"])
+                               params["smooth_valence"], params["smooth_arousal"],
+                               params["smooth_mode"], params["smooth_order"])
             true = labels[frames]
             results.append(VideoResult(video_id, split, np.arange(len(pred)) / fps[video_id], pred,
                                        true if (true != INVALID).any() else None))

@@ -1,9 +1,10 @@
 """Fusion models (`fusion.type`, docs/design.md §6): per-frame valence and arousal from visual + audio windows.
 
 Every model takes `(visual [B, L, Dv], visual_valid [B, L], audio [B, L, Da], audio_valid [B, L])` and
-returns `[B, L, 2]` in (-1, 1). The shared base standardises each modality with training-set
-statistics (stored as buffers, so a checkpoint carries them) and zeroes absent frames (no face,
-silence, padding), so they cannot inject garbage.
+returns `[B, L, 2]`: in (-1, 1) through tanh (`fusion.output: tanh`), or unbounded with `linear` (the
+papers' choice; predictions are clipped at test time). The shared base standardises each modality with
+training-set statistics (stored as buffers, so a checkpoint carries them) and zeroes absent frames (no
+face, silence, padding), so they cannot inject garbage.
 """
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
-TYPES = ("jca", "lfan", "cross_attention", "concat", "late", "audio_only", "visual_only")
+TYPES = ("jca", "lfan", "cross_attention", "concat", "late", "audio_only", "visual_only", "ridge")
+OUTPUTS = ("tanh", "linear")
 
 
 class FusionModel(nn.Module):
     def __init__(self, dim_visual: int, dim_audio: int):
         super().__init__()
+        self.output = "tanh"   # or "linear"; build_model sets it from fusion.output
         self.register_buffer("visual_mean", torch.zeros(dim_visual))
         self.register_buffer("visual_std", torch.ones(dim_visual))
         self.register_buffer("audio_mean", torch.zeros(dim_audio))
@@ -29,10 +32,16 @@ class FusionModel(nn.Module):
                                (visual_mean, visual_std, audio_mean, audio_std)):
             getattr(self, name).copy_(torch.as_tensor(value))
 
-    def forward(self, visual, visual_valid, audio, audio_valid) -> torch.Tensor:
+    def standardise(self, visual, visual_valid, audio, audio_valid) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each modality standardised with the training statistics, absent frames zero."""
         v = (visual - self.visual_mean) / self.visual_std * visual_valid[..., None]
         a = (audio - self.audio_mean) / self.audio_std * audio_valid[..., None]
-        return torch.tanh(self.fuse(v, visual_valid, a, audio_valid))
+        return v, a
+
+    def forward(self, visual, visual_valid, audio, audio_valid) -> torch.Tensor:
+        v, a = self.standardise(visual, visual_valid, audio, audio_valid)
+        y = self.fuse(v, visual_valid, a, audio_valid)
+        return torch.tanh(y) if self.output == "tanh" else y
 
     def fuse(self, visual, visual_valid, audio, audio_valid) -> torch.Tensor:
         """Unbounded [B, L, 2] from standardised, absent-zeroed features."""
@@ -80,7 +89,8 @@ class JointCrossAttention(nn.Module):
 class JCA(FusionModel):
     """Linear projections to dim, the JCA block, and FC(2 dim -> dim) -> Dropout -> FC(dim -> 1) per dimension.
 
-    The head is as written in the paper (no activation between the two FCs); the model's tanh bounds it.
+    The head is as written in the paper (no activation between the two FCs); with `fusion.output: tanh`
+    the model's tanh bounds it, with `linear` (the paper) predictions are clipped at test time.
     """
 
     def __init__(self, dim_visual, dim_audio, window, dim=128, hidden=32, dropout=0.6):
@@ -98,14 +108,19 @@ class JCA(FusionModel):
 
 
 class CausalBlock(nn.Module):
-    """TCN residual block (Bai et al. 2018): two dilated causal weight-normed convolutions."""
+    """TCN residual block (Bai et al. 2018): two dilated causal weight-normed convolutions.
 
-    def __init__(self, cin, cout, kernel, dilation, dropout):
+    Dropout `element` zeroes single values; `channel` zeroes whole channels of a window (LFAN's code
+    applies Dropout2d to [B, C, L], which drops channels; Dropout1d is that without the 3-d warning).
+    """
+
+    def __init__(self, cin, cout, kernel, dilation, dropout, dropout_kind="element"):
         super().__init__()
         self.pad = (kernel - 1) * dilation
         self.conv1 = weight_norm(nn.Conv1d(cin, cout, kernel, dilation=dilation))
         self.conv2 = weight_norm(nn.Conv1d(cout, cout, kernel, dilation=dilation))
-        self.act, self.drop = nn.LeakyReLU(), nn.Dropout(dropout)
+        self.act = nn.LeakyReLU()
+        self.drop = nn.Dropout1d(dropout) if dropout_kind == "channel" else nn.Dropout(dropout)
         self.skip = nn.Conv1d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x):                                   # [B, C, L]
@@ -115,10 +130,10 @@ class CausalBlock(nn.Module):
 
 
 class TCN(nn.Module):
-    def __init__(self, cin, channels, kernel=5, dilations=(1, 2, 4, 8), dropout=0.1):
+    def __init__(self, cin, channels, kernel=5, dilations=(1, 2, 4, 8), dropout=0.1, dropout_kind="element"):
         super().__init__()
-        self.blocks = nn.Sequential(*(CausalBlock(cin if i == 0 else channels, channels, kernel, d, dropout)
-                                      for i, d in enumerate(dilations)))
+        self.blocks = nn.Sequential(*(CausalBlock(cin if i == 0 else channels, channels, kernel, d, dropout,
+                                                  dropout_kind) for i, d in enumerate(dilations)))
 
     def forward(self, x):                                   # [B, L, C] -> [B, L, channels]
         return self.blocks(x.mT).mT
@@ -132,10 +147,11 @@ class LFAN(FusionModel):
     the head sees [leader TCN feature, flatten(F)] (the leader's skip around the attention).
     """
 
-    def __init__(self, dim_visual, dim_audio, leader=128, follower=32, attention=32, kernel=5, dropout=0.1):
+    def __init__(self, dim_visual, dim_audio, leader=128, follower=32, attention=32, kernel=5, dropout=0.1,
+                 dropout_kind="element"):
         super().__init__(dim_visual, dim_audio)
-        self.tcn_visual = TCN(dim_visual, leader, kernel, dropout=dropout)
-        self.tcn_audio = TCN(dim_audio, follower, kernel, dropout=dropout)
+        self.tcn_visual = TCN(dim_visual, leader, kernel, dropout=dropout, dropout_kind=dropout_kind)
+        self.tcn_audio = TCN(dim_audio, follower, kernel, dropout=dropout, dropout_kind=dropout_kind)
         self.qkv = nn.ModuleList([nn.Linear(leader, 3 * attention), nn.Linear(follower, 3 * attention)])
         self.scale = math.sqrt(attention)
         self.norm = nn.LayerNorm([2, attention])
@@ -159,6 +175,19 @@ class CrossAttention(FusionModel):
 
     Each modality's frames attend over the other's frames in the window (absent frames are not attended);
     the head sees both projections and both attended sequences.
+
+    Checked against the authors' code for the paper (praveena2j/Cross-Attentional-AV-Fusion, models/cam.py):
+    the same correlation C = X_a W X_vᵀ, the same column-wise softmaxes (audio attended per visual frame,
+    visual attended per audio frame) and the same attended sums. Differences:
+    - inputs: the paper's I3D clip features (visual) and 2D-CNN spectrogram features (audio), 1024-d,
+      one vector per clip; here cached per-frame embeddings, each linearly projected to `fusion.dim`;
+    - C is divided by √dim here (as in JCA); the released code does not scale it;
+    - W is drawn like nn.Linear's weights here; the released code uses Xavier-normal;
+    - the head also sees the projections X_a, X_v (a skip); the paper feeds only the attended features
+      to its fully connected layers;
+    - the paper's (and code's) training (the visual backbone fine-tuned, clip sub-sequences) is not
+      reproduced: it trains like every other model here (`train` params);
+    - absent frames (no face, silence, padding) are masked out of the softmax; the paper has none.
     """
 
     def __init__(self, dim_visual, dim_audio, dim=128, dropout=0.6):
@@ -214,21 +243,63 @@ class Unimodal(FusionModel):
         return self.head(visual if self.modality == "visual" else audio)
 
 
-def build_model(fusion: dict, window: int, dim_visual: int, dim_audio: int) -> FusionModel:
-    """The model named by fusion["type"], sized by the `fusion` params section."""
+class Ridge(FusionModel):
+    """Per-frame ridge regression on the concatenated standardised features (the AVEC-style linear probe).
+
+    Fitted by scikit-learn in the train stage (avfusion/train.py `fit_ridge`); the coefficients live in
+    buffers, so the checkpoint is a plain tensor state_dict like every other model's. Always linear.
+    """
+
+    def __init__(self, dim_visual, dim_audio):
+        super().__init__(dim_visual, dim_audio)
+        self.output = "linear"
+        self.register_buffer("coef", torch.zeros(2, dim_visual + dim_audio))
+        self.register_buffer("intercept", torch.zeros(2))
+
+    def fuse(self, visual, visual_valid, audio, audio_valid):
+        return torch.cat([visual, audio], dim=-1) @ self.coef.T + self.intercept
+
+
+class PerDimension(nn.Module):
+    """One model per dimension (`train.per_dimension`): valence from the first, arousal from the second."""
+
+    def __init__(self, valence: FusionModel, arousal: FusionModel):
+        super().__init__()
+        self.valence, self.arousal = valence, arousal
+
+    def forward(self, visual, visual_valid, audio, audio_valid) -> torch.Tensor:
+        args = (visual, visual_valid, audio, audio_valid)
+        return torch.cat([self.valence(*args)[..., :1], self.arousal(*args)[..., 1:]], dim=-1)
+
+
+def build_model(fusion: dict, window: int, dim_visual: int, dim_audio: int,
+                per_dimension: bool = False) -> nn.Module:
+    """The model named by fusion["type"], sized by the `fusion` params section (two of them, one per
+    dimension, with per_dimension)."""
+    if per_dimension:
+        return PerDimension(*(build_model(fusion, window, dim_visual, dim_audio) for _ in range(2)))
     kind = fusion["type"]
     dim, hidden, dropout = fusion.get("dim", 128), fusion.get("hidden", 32), fusion.get("dropout", 0.6)
     if kind == "jca":
-        return JCA(dim_visual, dim_audio, window, dim, hidden, dropout)
-    if kind == "lfan":
-        return LFAN(dim_visual, dim_audio, leader=dim, follower=hidden, attention=hidden,
-                    kernel=fusion.get("tcn_kernel", 5), dropout=fusion.get("tcn_dropout", 0.1))
-    if kind == "cross_attention":
-        return CrossAttention(dim_visual, dim_audio, dim, dropout)
-    if kind == "concat":
-        return Concat(dim_visual, dim_audio, dim, dropout)
-    if kind == "late":
-        return Late(dim_visual, dim_audio, dim, dropout)
-    if kind in ("audio_only", "visual_only"):
-        return Unimodal(dim_visual, dim_audio, kind.split("_")[0], dim, dropout)
-    raise ValueError(f"fusion.type {kind!r} is not one of {', '.join(TYPES)}")
+        model = JCA(dim_visual, dim_audio, window, dim, hidden, dropout)
+    elif kind == "lfan":
+        model = LFAN(dim_visual, dim_audio, leader=dim, follower=hidden, attention=hidden,
+                     kernel=fusion.get("tcn_kernel", 5), dropout=fusion.get("tcn_dropout", 0.1),
+                     dropout_kind=fusion.get("tcn_dropout_kind") or "element")
+    elif kind == "cross_attention":
+        model = CrossAttention(dim_visual, dim_audio, dim, dropout)
+    elif kind == "concat":
+        model = Concat(dim_visual, dim_audio, dim, dropout)
+    elif kind == "late":
+        model = Late(dim_visual, dim_audio, dim, dropout)
+    elif kind in ("audio_only", "visual_only"):
+        model = Unimodal(dim_visual, dim_audio, kind.split("_")[0], dim, dropout)
+    elif kind == "ridge":
+        return Ridge(dim_visual, dim_audio)
+    else:
+        raise ValueError(f"fusion.type {kind!r} is not one of {', '.join(TYPES)}")
+    output = fusion.get("output") or "tanh"
+    if output not in OUTPUTS:
+        raise ValueError(f"fusion.output must be one of {', '.join(OUTPUTS)}, not {output!r}")
+    model.output = output
+    return model

@@ -56,6 +56,28 @@ def masked_ccc_loss(pred: torch.Tensor, true: torch.Tensor, mask: torch.Tensor) 
     return (1 - ccc_per_dim).mean()
 
 
+def window_ccc_loss(pred: torch.Tensor, true: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """LFAN's loss (sucv/ABAW2 base/loss_function.py): 1 - CCC per window and dimension, averaged.
+
+    pred, true: [B, L, D]; mask: [B, L, D] bool. Per window, over its masked frames: variances with
+    n - 1 (torch.var's default), covariance with n (their code averages the elementwise products).
+    Windows with fewer than two counted frames of a dimension are left out of the mean.
+    """
+    m = mask.to(pred.dtype)
+    n = m.sum(1, keepdim=True)                                           # [B, 1, D]
+    mx = (pred * m).sum(1, keepdim=True) / n.clamp_min(1.0)
+    my = (true * m).sum(1, keepdim=True) / n.clamp_min(1.0)
+    vx = (((pred - mx) ** 2) * m).sum(1, keepdim=True) / (n - 1).clamp_min(1.0)
+    vy = (((true - my) ** 2) * m).sum(1, keepdim=True) / (n - 1).clamp_min(1.0)
+    cov = ((pred - mx) * (true - my) * m).sum(1, keepdim=True) / n.clamp_min(1.0)
+    ccc = 2 * cov / (vx + vy + (mx - my) ** 2 + 1e-8)
+    counted = (n >= 2).to(pred.dtype)
+    return ((1 - ccc) * counted).sum() / counted.sum().clamp_min(1.0)
+
+
+LOSSES = {"batch_ccc": masked_ccc_loss, "window_ccc": window_ccc_loss}
+
+
 def ccc_centring(predictions: list[np.ndarray], clip: bool = True) -> np.ndarray:
     """Merge k folds' predictions of one video for one dimension (LFAN, docs/design.md §7).
 

@@ -72,6 +72,17 @@ def text(default=REQUIRED) -> Key:
     return Key("a non-empty string", lambda v: isinstance(v, str) and bool(v.strip()), default)
 
 
+def by_recipe(key: Key) -> Key:
+    """A key `train.recipe` fills in when it is null or absent (avfusion/recipes.py); a value set wins."""
+    return Key(key.allowed, lambda v: v is None or key.ok(v), None)
+
+
+def numbers(gt=None, default=REQUIRED) -> Key:
+    text, within = _bounds(gt=gt)
+    return Key("a non-empty list of numbers" + text,
+               lambda v: isinstance(v, list) and bool(v) and all(_is_number(x) and within(x) for x in v), default)
+
+
 def weights(*named: str) -> Key:
     # Whether the file exists is checked by the weights stage (weights.check_spec), the one stage that
     # reads it: the extraction stages use its copy in data/weights/, which a teammate may have pulled.
@@ -129,31 +140,47 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "on_error": ON_ERROR,
     },
     "fusion": {
-        "type": one_of("jca", "lfan", "cross_attention", "concat", "late", "audio_only", "visual_only"),  # fusion.TYPES
+        "type": one_of("jca", "lfan", "cross_attention", "concat", "late", "audio_only", "visual_only",
+                       "ridge"),  # fusion.TYPES
         "dim": integer(ge=1, default=128),
         "hidden": integer(ge=1, default=32),
         "dropout": number(ge=0, lt=1, default=0.6),
         "tcn_kernel": integer(ge=1, default=5),
         "tcn_dropout": number(ge=0, lt=1, default=0.1),
+        "output": by_recipe(one_of("tanh", "linear")),
+        "tcn_dropout_kind": by_recipe(one_of("element", "channel")),
+        "ridge_alphas": numbers(gt=0, default=[1, 10, 100, 1000, 10000, 100000]),
     },
     "train": {
+        "recipe": one_of("default", "jca_paper", "lfan_paper", default="default"),   # recipes.RECIPES
         "seed": integer(ge=0),
-        "window": integer(ge=1),
-        "hop": integer(ge=1),
-        "batch_size": integer(ge=1),
-        "epochs": integer(ge=1),
-        "lr": number(gt=0),
-        "weight_decay": number(ge=0),
-        "scheduler": one_of("cosine", "constant", default="cosine"),
-        "grad_clip": number(gt=0, default=1.0),
-        "patience": integer(ge=1),
         "device": DEVICE,
         "folds": integer(ge=1, default=1),
+        "window": by_recipe(integer(ge=1)),
+        "hop": by_recipe(integer(ge=1)),
+        "last_window": by_recipe(one_of("pad", "shift")),
+        "per_dimension": by_recipe(boolean()),
+        "loss": by_recipe(one_of("batch_ccc", "window_ccc")),
+        "batch_size": by_recipe(integer(ge=1)),
+        "epochs": by_recipe(integer(ge=1)),
+        "patience": by_recipe(integer(ge=1)),
+        "optimizer": by_recipe(one_of("adamw", "adam")),
+        "lr": by_recipe(number(gt=0)),
+        "weight_decay": by_recipe(number(ge=0)),
+        "scheduler": by_recipe(one_of("cosine", "constant", "step", "plateau")),
+        "lr_factor": by_recipe(number(gt=0)),
+        "lr_patience": by_recipe(integer(ge=0)),
+        "lr_every": by_recipe(integer(ge=1)),
+        "lr_after": by_recipe(integer(ge=0)),
+        "min_lr": by_recipe(number(ge=0)),
+        "grad_clip": by_recipe(number(ge=0)),                 # 0: off
     },
     "eval": {
         "clip": boolean(),
-        "smooth_valence": integer(ge=0),
-        "smooth_arousal": integer(ge=0),
+        "smooth_valence": by_recipe(integer(ge=0)),
+        "smooth_arousal": by_recipe(integer(ge=0)),
+        "smooth_mode": by_recipe(one_of("nearest", "constant")),
+        "smooth_order": by_recipe(one_of("smooth_then_clip", "clip_then_smooth")),
         "plot_videos": integer(ge=0),
         "device": DEVICE,
     },
@@ -179,7 +206,7 @@ def _visual_rules(p: dict) -> str | None:
 
 
 def _train_rules(p: dict) -> str | None:
-    if p["hop"] > p["window"]:
+    if p["hop"] is not None and p["window"] is not None and p["hop"] > p["window"]:
         return f"train.hop must be <= train.window (windows must cover every frame), not {p['hop']} > {p['window']}"
     return None
 
@@ -216,10 +243,15 @@ def validate(section: str, values, path: str = PARAMS) -> dict:
             raise ParamsError(f"{path}: {section}.{key} is missing ({rule.allowed})")
         if rule.default is not ABSENT:
             checked[key] = rule.default
-    problem = RULES[section](checked) if section in RULES else None
+    check_rules(section, checked, path)
+    return checked
+
+
+def check_rules(section: str, values: dict, path: str = PARAMS) -> None:
+    """The rules between keys of a section (e.g. train.hop <= train.window); raises ParamsError."""
+    problem = RULES[section](values) if section in RULES else None
     if problem:
         raise ParamsError(f"{path}: {problem}")
-    return checked
 
 
 def load_params(section: str, path: str = PARAMS) -> dict:

@@ -4,7 +4,8 @@ Per video, visual rows, audio rows and labels are aligned on the annotation leng
 it): feature rows past it are dropped, label rows without features become invalid (zero) feature rows.
 A split is every video's rows concatenated into flat tensors (nanoGPT style), so a batch of windows is
 one gather on the device and the GPU never waits on I/O. Windows never cross videos: the last window
-of a video is padded at the tail and masked.
+of a video is padded at the tail and masked (`last="pad"`), or shifted back to end at the video's last
+frame (`last="shift"`, LFAN's windowing; only a video shorter than a window is still padded).
 """
 from __future__ import annotations
 
@@ -57,13 +58,17 @@ def load_video(video_id: str, labels_path: str, visual: FeatureReader, audio: Fe
                  _fit(a["embedding"], n), _fit(a["valid"], n), labels)
 
 
-def window_starts(n: int, window: int, hop: int) -> list[int]:
-    """Starts of windows every `hop` frames that cover all n frames (the last one may overhang)."""
+def window_starts(n: int, window: int, hop: int, last: str = "pad") -> list[int]:
+    """Starts of windows every `hop` frames that cover all n frames.
+
+    last="pad": the last window starts a hop later and may overhang (padded); "shift": it starts at
+    n - window instead, ending exactly at the last frame.
+    """
     if n <= 0:
         return []
     starts = list(range(0, max(n - window, 0) + 1, hop))
     if starts[-1] + window < n:
-        starts.append(starts[-1] + hop)
+        starts.append(starts[-1] + hop if last == "pad" else n - window)
     return starts
 
 
@@ -90,10 +95,10 @@ class Split:
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
-    def windows(self, window: int, hop: int) -> torch.Tensor:
+    def windows(self, window: int, hop: int, last: str = "pad") -> torch.Tensor:
         """[W, 2] int64 (flat start, flat end of its video) of every window of every video."""
         rows = [(lo + s, hi) for lo, hi in zip(self.offsets[:-1], self.offsets[1:])
-                for s in window_starts(int(hi - lo), window, hop)]
+                for s in window_starts(int(hi - lo), window, hop, last)]
         return torch.tensor(rows, dtype=torch.int64, device=self.device).reshape(-1, 2)
 
     def gather(self, windows: torch.Tensor, window: int) -> dict[str, torch.Tensor]:
@@ -144,13 +149,13 @@ def autocast(device: str):
 
 
 @torch.no_grad()
-def predict_split(model: torch.nn.Module, split: Split, window: int, hop: int) -> np.ndarray:
+def predict_split(model: torch.nn.Module, split: Split, window: int, hop: int, last: str = "pad") -> np.ndarray:
     """[N, 2] per-frame predictions of every video, overlapping windows averaged per frame."""
     was_training = model.training
     model.eval()
     total = torch.zeros(len(split), 2, device=split.device)
     count = torch.zeros(len(split), 1, device=split.device)
-    for batch in split.windows(window, hop).split(PREDICT_BATCH):
+    for batch in split.windows(window, hop, last).split(PREDICT_BATCH):
         x = split.gather(batch, window)
         with autocast(split.device):
             pred = model(x["visual"], x["visual_valid"], x["audio"], x["audio_valid"]).float()

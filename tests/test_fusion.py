@@ -85,7 +85,7 @@ def test_lfan_structure():
     assert model.norm.normalized_shape == (2, 32) and model.head.in_features == 128 + 64
 
 
-@pytest.mark.parametrize("kind", TYPES)
+@pytest.mark.parametrize("kind", [t for t in TYPES if t != "ridge"])   # ridge: fitted, no gradients
 def test_every_type_runs_forward_and_backward_in_range(kind):
     torch.manual_seed(0)
     model = build_model({"type": kind, "dim": 16, "hidden": 8, "dropout": 0.1}, L, DV, DA)

@@ -55,14 +55,14 @@ BAD = [   # section, key, value, the message after "params.yaml: "
     ("audio", "silence_db", 3, "audio.silence_db must be a number <= 0, not 3"),
     ("audio", "rate", -1, "audio.rate must be a number >= 0, not -1"),
     ("fusion", "type", "foo", "fusion.type must be one of jca, lfan, cross_attention, concat, late, "
-                              "audio_only, visual_only, not 'foo'"),
+                              "audio_only, visual_only, ridge, not 'foo'"),
     ("fusion", "dropout", 1.0, "fusion.dropout must be a number >= 0 and < 1, not 1.0"),
     ("fusion", "dim", True, "fusion.dim must be an integer >= 1, not True"),        # YAML true is not 1
     ("train", "window", 0, "train.window must be an integer >= 1, not 0"),
     ("train", "epochs", "abc", "train.epochs must be an integer >= 1, not 'abc'"),
     ("train", "lr", "1e-3", "train.lr must be a number > 0, not '1e-3'"),           # YAML 1.1: a string
     ("train", "lr", float("nan"), "train.lr must be a number > 0, not nan"),
-    ("train", "scheduler", "step", "train.scheduler must be one of cosine, constant, not 'step'"),
+    ("train", "scheduler", "linear", "train.scheduler must be one of cosine, constant, step, plateau, not 'linear'"),
     ("eval", "clip", 1, "eval.clip must be true or false, not 1"),
     ("eval", "smooth_valence", -3, "eval.smooth_valence must be an integer >= 0, not -3"),
 ]
@@ -77,7 +77,7 @@ def test_bad_value_is_one_line_naming_the_key(section, key, value, message):
 
 
 @pytest.mark.parametrize("section,changes,message", [
-    ("train", {"hop": 65}, "train.hop must be <= train.window (windows must cover every frame), not 65 > 64"),
+    ("train", {"window": 64, "hop": 65}, "train.hop must be <= train.window (windows must cover every frame), not 65 > 64"),
     ("visual", {"min_face": 700}, "visual.min_face must be <= visual.detect_size (faces are looked for in that "
                                   "copy), not 700 > 640"),
     ("data", {"source": "folder", "validation": 0.5, "test": 0.5},
@@ -90,9 +90,11 @@ def test_rules_between_keys(section, changes, message):
 
 def test_missing_and_unknown_keys():
     train = real_params()["train"]
-    with pytest.raises(ParamsError, match=r"^params.yaml: train.window is missing \(an integer >= 1\)$"):
-        validate("train", {k: v for k, v in train.items() if k != "window"})
-    with pytest.raises(ParamsError, match=r"^params.yaml: train.windw is not a known key \(known: seed, window, "):
+    with pytest.raises(ParamsError, match=r"^params.yaml: train.seed is missing \(an integer >= 0\)$"):
+        validate("train", {k: v for k, v in train.items() if k != "seed"})
+    # a key the recipe sets may be absent or null: train.recipe fills it in (avfusion/recipes.py)
+    assert validate("train", {k: v for k, v in train.items() if k != "window"})["window"] is None
+    with pytest.raises(ParamsError, match=r"^params.yaml: train.windw is not a known key \(known: recipe, seed, "):
         validate("train", {**train, "windw": 64})
     folder = {"source": "folder", "root": "clips"}
     with pytest.raises(ParamsError, match=r"data.validation is missing \(the folder source splits by it"):

@@ -31,7 +31,8 @@ def test_training_learns_and_writes_a_loadable_checkpoint(project):
     summary, = run(FUSION, TRAIN, root=project)
     assert summary["ccc_mean"] > 0.5
     model, config = load_model(os.path.join(project, "models/fold-0"))
-    assert config["window"] == 32 and config["fusion"] == FUSION
+    assert config["window"] == 32 and {k: config["fusion"][k] for k in FUSION} == FUSION
+    assert config["train"]["recipe"] == "default" and config["train"]["scheduler"] == "cosine"
     assert config["provenance"]["visual"]["extractor"] == "synthetic-visual"
     assert (config["dim_visual"], config["dim_audio"]) == (12, 8)
     # the reloaded model reproduces the logged validation score
