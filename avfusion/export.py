@@ -59,7 +59,7 @@ def extract_all(video: str, names: list[str], weights_dir: str = "data/weights",
     """(header, table [frames, columns]) of `video` for the extractors `names`. Raises UserError."""
     device = resolve_device(device)
     # expression reads facenet's boxes: facenet runs first (and only for that when not asked for)
-    order = (["facenet"] if "expression" in names else []) + [n for n in names if n != "facenet"]
+    order = (["facenet"] if {"facenet", "expression"} & set(names) else []) + [n for n in names if n != "facenet"]
     row = {"video_id": os.path.splitext(os.path.basename(video))[0], "path": video, "person": ""}
     results, extractors = {}, {}
     for name in tqdm(order, desc=os.path.basename(video), unit="extractor"):

@@ -129,10 +129,11 @@ class ExpressionExtractor(Extractor):
     def load(self) -> None:
         from avfusion.expression import load_expression_model
         self.model = load_expression_model(self.weights, self.device)
-        self.reader = self.faces()
+        self.reader = None                  # the facenet store, opened by the first `rows`
 
     def rows(self, video: dict) -> dict[str, np.ndarray]:
         vid = video["video_id"]
+        self.reader = self.reader or self.faces()
         if vid not in self.reader.index:
             raise DatasetError(f"{vid}: not in {self.reader.directory} (re-run the visual stage)")
         faces = self.reader.rows(vid, ("valid", "box"))
