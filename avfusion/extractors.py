@@ -29,10 +29,9 @@ class MissingExtra(UserError):
 class FramewiseExtractor(Extractor):
     """The audio descriptors of avfusion/framewise.py (vad, egemaps, logmel, mfcc): rows depend on the
     file only, so the trials of one file share them. The descriptor object is built in `__init__`:
-    it is cheap (no network besides silero-vad's small TorchScript file) and gives the column names
+    it is cheap (no model besides silero-vad's small TorchScript file) and gives the column names
     and its own provenance (library versions, hop, ...), which the store records."""
 
-    version_prefix = "framewise"
     per_file = True
 
     def __init__(self, params: dict, device: str):

@@ -18,7 +18,8 @@ from conftest import LOOK, REPO, dvc, encode_video, make_pipeline_repo, run, sta
 from avfusion.demo import draw_face
 from avfusion.errors import UserError
 from avfusion.extract import features_dir, run_stage, skip_report
-from avfusion.extractors import EXTRACTORS, EGeMAPSExtractor, ExpressionExtractor, MissingExtra, VadExtractor
+from avfusion.extractors import (EXTRACTORS, EGeMAPSExtractor, ExpressionExtractor, MissingExtra, VadExtractor,
+                                 store_name)
 from avfusion.manifest import MANIFEST
 from avfusion.media import frame_times
 from avfusion.params import EXTRACTOR_NAMES, SCHEMA, load_params
@@ -45,6 +46,10 @@ def project(tmp_path, monkeypatch, videos: dict[str, str]) -> None:
 
 def test_every_registered_extractor_has_a_params_section():
     assert set(EXTRACTOR_NAMES) == set(EXTRACTORS) - {"facenet", "openl3"}
+    # the two backbones keep their stores' names; the plug-ins are named after themselves
+    assert [store_name(n) for n in EXTRACTORS] == ["visual", "audio", *EXTRACTOR_NAMES]
+    with pytest.raises(UserError, match="unknown extractor 'landmarks'"):
+        store_name("landmarks")
     for name, cls in EXTRACTORS.items():
         assert cls.name in SCHEMA, f"{name}: no params section {cls.name}"
         load_params(cls.name, os.path.join(REPO, "params.yaml"))
