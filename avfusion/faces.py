@@ -6,6 +6,14 @@ and embedded by InceptionResnetV1. Speed (docs/design.md §4): the library's `MT
 candidate box with its own resize call and runs max-pooling on NCHW tensors; here candidates are
 cropped in one `roi_align` call and the R/O-nets run channels-last, which more than halves the
 detection cost on a crowded 1080p frame, while decoding runs in a background thread.
+
+Detect and track (`detect_every: k`): the full cascade runs on every k-th frame; in between, the
+O-net alone re-locates the followed face from squares around its last box (box regression +
+probability, the cascade's last stage). A probability below TRACK_THRESHOLD, a jump or a face below
+`min_face` counts as lost and the full cascade runs on that frame at once. While a lost face may only
+come back where it was (PATIENCE), the O-net looks there first and the cascade runs only if it sees a
+face; when any face may be taken, the cascade runs on every frame. Every frame's crop is still
+embedded; only detection is skipped, so the rows follow detection on every frame closely.
 """
 from __future__ import annotations
 
@@ -31,6 +39,9 @@ PATIENCE = 10          # frames the tracked face may stay unmatched before anoth
 # Frames per detector call on the CPU: P-net maps of ~4 frames of 640x360 stay in the CPU caches
 # (8-16 at once measured slower); tiny frames go in larger groups to save per-call overhead.
 CPU_DETECT_PIXELS = 4 * 640 * 360
+TRACK_THRESHOLD = 0.7  # a tracked face whose O-net or R-net probability falls below this is lost (the cascade's O-net threshold)
+TRACK_SHIFT = 0.3      # tracking also tries squares shifted by this share of the face's size
+PROBE_THRESHOLD = 0.1  # a just-lost face's last place looks this face-like: run the full cascade there
 
 
 def random_state_dict(seed: int) -> dict[str, torch.Tensor]:
@@ -87,16 +98,53 @@ class FaceDetector:
         corners = boxes[:, :4] + boxes[:, 5:9] * size
         return rerec(torch.cat([corners, boxes[:, 4:5]], dim=1)), inds
 
-    def _refine(self, imgs, boxes, inds, net, size: int, threshold: float):
-        """R-net or O-net on the candidates (the library's stages 2 and 3); O-net ends with Min-NMS."""
-        if len(boxes) == 0:
-            return boxes[:, :5], inds
+    @staticmethod
+    def _score(imgs, boxes, inds, net, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """R-net or O-net on the square boxes [k, >=4] of images `inds`: (box regression, face probability)."""
         # The library crops [x1 - 1, x2) in pixels; roi_align zero-pads outside the frame like the
         # original MTCNN and averages several samples per output pixel for large boxes.
         rois = torch.cat([inds[:, None].to(boxes), boxes[:, :2].trunc() - 1, boxes[:, 2:4].trunc()], 1)
         crops = roi_align(imgs, rois, (size, size), sampling_ratio=-1, aligned=True)
         out = net(((crops - 127.5) * 0.0078125).contiguous(memory_format=torch.channels_last))
-        reg, score = out[0], out[-1][:, 1]
+        return out[0], out[-1][:, 1]
+
+    @torch.inference_mode()
+    def track(self, image: np.ndarray, box: np.ndarray, motion: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """The face that was at `box` in the previous frame of RGB `image` [H, W, 3] and moved by about
+        `motion` (box delta) since the frame before: the O-net's box (as the cascade's last stage gives
+        it), and the O-net's and R-net's probabilities for the square around it.
+
+        The O-net's box regression reaches about a quarter of the face's width, so it scores squares
+        around the box, its predicted place and shifts of that in one batch, then refines the best."""
+        side = float(max(box[2] - box[0], box[3] - box[1]))
+        shifts = np.array([[0, 0], [-1, 0], [1, 0], [0, -1], [0, 1]], np.float32) * TRACK_SHIFT * side
+        candidates = np.concatenate([box[None], box + motion + np.tile(shifts, 2)])
+        squares = rerec(torch.as_tensor(np.concatenate([candidates, np.zeros((len(candidates), 1))], 1),
+                                        dtype=torch.float32, device=self.device))
+        reg, score = self._score_region(image, squares, self.onet, 48)
+        best = int(score.argmax())
+        square = rerec(bbreg(torch.cat([squares[best:best + 1, :4], score[best:best + 1, None]], 1), reg[best:best + 1]))
+        reg, refined = self._score_region(image, square, self.onet, 48)
+        _, rnet_score = self._score_region(image, square, self.rnet, 24)
+        found = bbreg(torch.cat([square[:, :4], refined[:, None]], 1), reg)
+        return found[0, :4].cpu().numpy().astype(np.float32), float(refined[0]), float(rnet_score[0])
+
+    def _score_region(self, image: np.ndarray, squares: torch.Tensor, net, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """R-net or O-net on squares of one image; only the region they cover is converted (a few pixels wider
+        for the bilinear samples), and outside the frame is zero as when cropping the whole image."""
+        h, w = image.shape[:2]
+        x0, y0 = (int(max(0, min(v, n - 1))) for v, n in ((squares[:, 0].min() - 3, w), (squares[:, 1].min() - 3, h)))
+        x1, y1 = (int(max(1, min(v, n))) for v, n in ((squares[:, 2].max() + 3, w), (squares[:, 3].max() + 3, h)))
+        region = torch.as_tensor(image[y0:y1, x0:x1], device=self.device).permute(2, 0, 1)[None].float()
+        offset = torch.tensor([x0, y0, x0, y0], dtype=torch.float32, device=self.device)
+        inds = torch.zeros(len(squares), dtype=torch.long, device=self.device)
+        return self._score(region, squares[:, :4] - offset, inds, net, size)
+
+    def _refine(self, imgs, boxes, inds, net, size: int, threshold: float):
+        """R-net or O-net on the candidates (the library's stages 2 and 3); O-net ends with Min-NMS."""
+        if len(boxes) == 0:
+            return boxes[:, :5], inds
+        reg, score = self._score(imgs, boxes, inds, net, size)
         keep = score > threshold
         boxes = torch.cat([boxes[keep, :4], score[keep, None]], dim=1)
         inds, reg = inds[keep], reg[keep]
@@ -117,6 +165,12 @@ class FaceTracker:
             raise ValueError(f"person must be '', 'left' or 'right', not {person!r}")
         self.center = np.array([width / 2, height / 2], np.float32)
         self.person, self.last, self.missed = person, None, 0
+        self.motion = np.zeros(4, np.float32)   # box change since the frame before, while followed
+
+    @property
+    def following(self) -> bool:
+        """Whether the last frame had the tracked face (so it can be tracked into this one)."""
+        return self.last is not None and self.missed == 0
 
     def _pick(self, boxes: np.ndarray) -> int:
         centers = (boxes[:, :2] + boxes[:, 2:]) / 2
@@ -140,6 +194,7 @@ class FaceTracker:
         if chosen is None:
             self.missed += 1
         else:
+            self.motion = boxes[chosen] - self.last if self.following else np.zeros(4, np.float32)
             self.last, self.missed = boxes[chosen], 0
         return chosen
 
@@ -196,8 +251,11 @@ class FaceTrackEmbedder:
     """Built once, reused for every video: `embed_video(path, person)` gives one row per frame."""
 
     def __init__(self, weights: str | dict, device: str = "cpu", detect_size: int = 640,
-                 min_face: int = 20, margin: int = 20, batch_size: int = 32, keep_pooled: bool = False):
-        self.device, self.detect_size, self.margin = device, detect_size, margin
+                 min_face: int = 20, margin: int = 20, batch_size: int = 32, keep_pooled: bool = False,
+                 detect_every: int = 1):
+        if detect_every < 1:
+            raise ValueError(f"detect_every must be at least 1, not {detect_every}")
+        self.device, self.detect_size, self.margin, self.detect_every = device, detect_size, margin, detect_every
         self.batch_size, self.keep_pooled = batch_size, keep_pooled
         self.detector = FaceDetector(device, min_face)
         self.net = load_embedder(weights, device)
@@ -221,27 +279,73 @@ class FaceTrackEmbedder:
             embedding = self.net(batch)
         return embedding.float().cpu(), self._pooled[0].float().cpu()
 
+    def _detect(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Full cascade on same-size RGB frames, in groups that suit the device."""
+        if not images:
+            return []
+        smalls = np.stack(images)
+        step = len(smalls) if self.device.startswith("cuda") else self._group(smalls[0])
+        return [d for i in range(0, len(smalls), step) for d in self.detector(smalls[i:i + step])]
+
+    @staticmethod
+    def _group(small: np.ndarray) -> int:
+        """Frames per cascade call on the CPU."""
+        return max(1, CPU_DETECT_PIXELS // small[..., 0].size)
+
+    def _track(self, small: np.ndarray, scale: float, tracker: FaceTracker) -> tuple[np.ndarray, float] | None:
+        """The followed face re-located by the O-net (full-resolution box, probability), or None when lost."""
+        box, prob, rnet_prob = self.detector.track(small, tracker.last / scale, tracker.motion / scale)
+        side = min(box[2] - box[0], box[3] - box[1])
+        moved = box_iou(torch.from_numpy(tracker.last[None] / scale), torch.from_numpy(box[None]))[0, 0]
+        if min(prob, rnet_prob) < TRACK_THRESHOLD or side < self.detector.min_face or moved < MIN_IOU:
+            return None
+        return box * scale, prob
+
+    def _face(self, small: np.ndarray, scale: float, tracker: FaceTracker,
+              detection: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, float] | None:
+        """This frame's followed face (full-resolution box, probability) or None; `detection` is the
+        frame's full cascade when one was due."""
+        if detection is None and tracker.following:
+            tracked = self._track(small, scale, tracker)
+            if tracked is not None:
+                tracker.update(tracked[0][None])
+                return tracked
+        elif detection is None and tracker.last is not None and tracker.missed < PATIENCE:
+            # Lost a moment ago: only a face overlapping its last box could be taken, so look there first.
+            _, prob, rnet_prob = self.detector.track(small, tracker.last / scale, np.zeros(4, np.float32))
+            if min(prob, rnet_prob) < PROBE_THRESHOLD:
+                tracker.update(np.zeros((0, 4), np.float32))
+                return None
+        found, probs = detection if detection is not None else self._detect([small])[0]
+        chosen = tracker.update(found * scale)
+        return None if chosen is None else (found[chosen] * scale, probs[chosen])
+
     def embed_video(self, path: str, person: str = "") -> dict[str, np.ndarray]:
         """Rows for every decoded frame: embedding [n, 512], valid [n], box [n, 4] (full-resolution
         pixels), prob [n], time [n], and pooled [n, 1792] when `keep_pooled`. Raises MediaError."""
         times, embeddings, pooled, boxes, probs, valid = [], [], [], [], [], []
-        tracker = None
+        tracker, first = None, 0
         frames = _prefetch(self._frames(path), depth=self.batch_size)   # one batch decoded ahead
         while batch := [item for _, item in zip(range(self.batch_size), frames)]:
             if tracker is None:
                 tracker = FaceTracker(batch[0][1].shape[1], batch[0][1].shape[0], person)
-            smalls = np.stack([small for _, _, small, _ in batch])
-            step = len(batch) if self.device.startswith("cuda") else max(1, CPU_DETECT_PIXELS // smalls[0, ..., 0].size)
-            detections = [d for i in range(0, len(batch), step) for d in self.detector(smalls[i:i + step])]
+            due = [i for i in range(len(batch)) if (first + i) % self.detect_every == 0]
+            detections = dict(zip(due, self._detect([batch[i][2] for i in due])))
+            first += len(batch)
             crops, rows = [], []
-            for i, ((t, full, _, scale), (found, prob)) in enumerate(zip(batch, detections)):
-                chosen = tracker.update(found * scale)
-                box = found[chosen] * scale if chosen is not None else np.zeros(4, np.float32)
+            for i, (t, full, small, scale) in enumerate(batch):
+                if i not in detections and not tracker.following and (tracker.last is None or tracker.missed >= PATIENCE):
+                    # Searching: the cascade runs here and likely on the next frames too. Small frames go
+                    # in groups (per-call overhead); large ones one by one (no work lost once a face is found).
+                    ahead = [j for j in range(i, min(len(batch), i + self._group(small) // 4 or 1)) if j not in detections]
+                    detections.update(zip(ahead, self._detect([batch[j][2] for j in ahead])))
+                face = self._face(small, scale, tracker, detections.get(i))
+                box, prob = face if face is not None else (np.zeros(4, np.float32), 0.0)
                 times.append(t)
                 boxes.append(box)
-                probs.append(prob[chosen] if chosen is not None else 0.0)
-                valid.append(chosen is not None)
-                if chosen is not None:
+                probs.append(prob)
+                valid.append(face is not None)
+                if face is not None:
                     crops.append(crop_face(full, box, self.margin))
                     rows.append(i)
             embedding = torch.zeros(len(batch), EMBEDDING_DIM)

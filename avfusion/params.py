@@ -113,6 +113,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "margin": integer(ge=0),
         "batch_size": integer(ge=1),
         "keep_pooled": boolean(),
+        "detect_every": integer(ge=1),
         "device": DEVICE,
         "stores": integer(ge=1),
         "workers": integer(ge=1),

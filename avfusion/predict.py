@@ -89,7 +89,9 @@ class Predictor:
                                    f"this version has {module.EXTRACTOR!r}")
         vp, ap = visual["params"], audio["params"]
         self.faces = FaceTrackEmbedder(checked_weights(os.path.join(weights_dir, "visual.pt"), visual, "visual"),
-                                       self.device, vp["detect_size"], vp["min_face"], vp["margin"])
+                                       self.device, vp["detect_size"], vp["min_face"], vp["margin"],
+                                       # stores from before these params existed used the old defaults
+                                       vp.get("batch_size", 32), detect_every=vp.get("detect_every", 1))
         self.voice = AudioEmbedder(checked_weights(os.path.join(weights_dir, "audio.h5"), audio, "audio"),
                                    ap["input_repr"], ap["embedding_size"], ap["rate"], self.device,
                                    silence_db=ap["silence_db"], silence_window=ap["silence_window"])

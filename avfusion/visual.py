@@ -24,7 +24,7 @@ class FaceNetExtractor(Extractor):
     weights = WEIGHTS
     # batch_size too: the detector and the embedding net run on batches of that many frames, and CPU
     # kernels round differently per batch shape (measured: dvc.yaml). Stores and workers do not.
-    output_params = ("detect_size", "min_face", "margin", "keep_pooled", "batch_size")
+    output_params = ("detect_size", "min_face", "margin", "keep_pooled", "batch_size", "detect_every")
 
     def __init__(self, params: dict, device: str):
         super().__init__(params, device)
@@ -37,7 +37,7 @@ class FaceNetExtractor(Extractor):
     def load(self) -> None:
         p = self.params
         self.embedder = FaceTrackEmbedder(self.weights, self.device, p["detect_size"], p["min_face"], p["margin"],
-                                          p["batch_size"], p["keep_pooled"])
+                                          p["batch_size"], p["keep_pooled"], p["detect_every"])
 
     def rows(self, video: dict) -> dict[str, np.ndarray]:
         return self.embedder.embed_video(video["path"], video.get("person") or "")

@@ -145,7 +145,7 @@ def test_resume_after_kill_is_byte_identical(tmp_path, monkeypatch):
     media.mkdir()
     videos = {"a": [face(128)] * 3, "b": [blank(128, 96)] * 2, "c": [two_faces(128, 96)] * 3}
     paths = {name: encode(media / f"{name}.mp4", frames) for name, frames in videos.items()}
-    params = {"visual": {"weights": "random", "seed": 0, "detect_size": 640, "min_face": 20, "margin": 20,
+    params = {"visual": {"weights": "random", "seed": 0, "detect_size": 640, "min_face": 20, "margin": 20, "detect_every": 1,
                          "batch_size": 2, "keep_pooled": False, "device": "cpu", "stores": 1, "workers": 1}}
     for run in ("whole", "killed"):
         root = tmp_path / run
@@ -165,3 +165,73 @@ def test_resume_after_kill_is_byte_identical(tmp_path, monkeypatch):
     assert reader.videos == ["a", "b", "c_left"] and reader.length("a") == 3
     assert reader.rows("a", columns=("valid",))["valid"].sum() >= 2
     assert reader.provenance["extractor"] == visual.EXTRACTOR
+
+
+# ---------------------------------------------------------------- detect and track (visual.detect_every)
+
+def moving_face(i: int, size: int = 140, step: int = 8) -> Image.Image:
+    canvas = blank(320, 240)
+    canvas.paste(face(size, eye_open=0.5 + 0.05 * (i % 5)), (20 + step * i, 50))
+    return canvas
+
+
+def cascade_frames(embedder: FaceTrackEmbedder, monkeypatch) -> list[np.ndarray]:
+    """Records the frames the full cascade runs on (`_detect` is the embedder's only way to it)."""
+    seen: list[np.ndarray] = []
+    detect = embedder._detect
+    monkeypatch.setattr(embedder, "_detect", lambda images: seen.extend(images) or detect(images))
+    return seen
+
+
+def test_tracking_follows_a_moving_face_between_detections(tmp_path, monkeypatch):
+    path = encode(tmp_path / "moving.mp4", [moving_face(i) for i in range(12)])
+    every = FaceTrackEmbedder(random_state_dict(0), "cpu").embed_video(path)
+    tracked_embedder = FaceTrackEmbedder(random_state_dict(0), "cpu", detect_every=6)
+    cascades = cascade_frames(tracked_embedder, monkeypatch)
+    tracked = tracked_embedder.embed_video(path)
+    check_rows({**tracked, "pooled": np.zeros((12, 1792))}, 12)
+    assert every["valid"].all() and tracked["valid"].all()
+    assert len(cascades) < 6                      # frames 0 and 6, and at most a re-detection or two
+    centres = (tracked["box"][:, 0] + tracked["box"][:, 2]) / 2
+    np.testing.assert_allclose(centres, (every["box"][:, 0] + every["box"][:, 2]) / 2, atol=8)
+    assert np.all(np.diff(centres) > 0)          # it moves right with the face, 8 px a frame
+    cosine = (every["embedding"] * tracked["embedding"]).sum(1)
+    assert cosine.min() > 0.99
+
+
+def test_tracking_redetects_when_the_face_vanishes_and_comes_back(tmp_path, monkeypatch):
+    frames = [moving_face(i) for i in range(4)] + [blank(320, 240)] * 4 + [moving_face(i) for i in (8, 9, 10, 11)]
+    path = encode(tmp_path / "gone.mp4", frames)
+    every = FaceTrackEmbedder(random_state_dict(0), "cpu").embed_video(path)
+    embedder = FaceTrackEmbedder(random_state_dict(0), "cpu", detect_every=50)   # only frame 0 is due
+    cascades = cascade_frames(embedder, monkeypatch)
+    tracked = embedder.embed_video(path)
+    expected = np.array([True] * 4 + [False] * 4 + [True] * 4)
+    np.testing.assert_array_equal(every["valid"], expected)
+    np.testing.assert_array_equal(tracked["valid"], expected)
+    assert not tracked["embedding"][~expected].any()
+    # On the blank frames the cascade runs once, when tracking loses the face (frame 4); on frames 5-7
+    # the O-net finds nothing where it was, and at frame 8 it does, so the cascade runs there again.
+    assert sum(frame.std(axis=(0, 1)).max() < 3 for frame in cascades) == 1 and len(cascades) < 8
+
+
+def test_detect_every_1_is_detection_on_every_frame(tmp_path, monkeypatch):
+    """k=1 never tracks and gives the rows of the cascade + tracker + crop + embedding on each frame."""
+    from avfusion.faces import crop_face
+    path = encode(tmp_path / "mixed.mp4", [moving_face(i) for i in range(3)] + [blank(320, 240), two_faces(160, 120).resize((320, 240))])
+    embedder = FaceTrackEmbedder(random_state_dict(0), "cpu", detect_every=1)
+    monkeypatch.setattr(embedder.detector, "track", lambda *a: pytest.fail("k=1 must not track"))
+    rows = embedder.embed_video(path)
+    frames = list(embedder._frames(path))
+    detections = embedder._detect([small for _, _, small, _ in frames])
+    tracker = FaceTracker(320, 240)
+    for row, (_, full, _, scale), (found, probs) in zip(range(5), frames, detections):
+        chosen = tracker.update(found * scale)
+        assert rows["valid"][row] == (chosen is not None)
+        if chosen is not None:
+            np.testing.assert_array_equal(rows["box"][row], found[chosen] * scale)
+            assert rows["prob"][row] == probs[chosen]
+            embedding, _ = embedder._embed([crop_face(full, found[chosen] * scale, embedder.margin)])
+            np.testing.assert_allclose(rows["embedding"][row], embedding[0], atol=1e-6)
+    with pytest.raises(ValueError):
+        FaceTrackEmbedder(random_state_dict(0), "cpu", detect_every=0)
