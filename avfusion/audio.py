@@ -112,9 +112,10 @@ class OpenL3Extractor(Extractor):
 
     def rows(self, video: dict) -> dict[str, np.ndarray]:
         times = media.frame_times(video["path"])
-        gate = None
         if self.by_vad:
             speech = self.voice.frames(video["path"], times)
             gate = speech.valid & (speech.features[:, 0] >= self.params["vad_threshold"])
-        embedding, valid = self.embedder.embed_video(video["path"], times, gate)
+            embedding, valid = self.embedder.embed_video(video["path"], times, gate)
+        else:
+            embedding, valid = self.embedder.embed_video(video["path"], times)
         return {"embedding": embedding, "valid": valid, "time": times}
