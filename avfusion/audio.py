@@ -5,6 +5,9 @@ With `audio.rate` > 0 embeddings are computed on a coarser grid of that many per
 takes the nearest one, so rows stay one-to-one with frames. A frame is valid when the audio around it
 (`silence_window` seconds, centred) is louder than `silence_db` dBFS RMS; frames of a video without an
 audio stream, silent frames and frames past the end of the audio get a zero vector and valid = false.
+With `valid_from: vad` the mask is silero-vad's instead (avfusion/vad.py: speech probability of the
+frame >= `vad_threshold`), so a loud tone or music is not taken for a voice; the level gate stays the
+default.
 """
 from __future__ import annotations
 
@@ -49,8 +52,10 @@ class AudioEmbedder:
         mean_square = (energy[hi] - energy[lo]) / (2 * half)       # zeros outside the audio
         return 10 * np.log10(np.maximum(mean_square, 1e-20)) >= self.silence_db
 
-    def embed_video(self, path: str, frame_times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(embeddings [n, D] float32, valid [n] bool) for the frames at `frame_times` (video clock)."""
+    def embed_video(self, path: str, frame_times: np.ndarray,
+                    gate: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(embeddings [n, D] float32, valid [n] bool) for the frames at `frame_times` (video clock).
+        `gate` [n] bool replaces the level gate as the validity mask when given."""
         frame_times = np.asarray(frame_times, dtype=np.float64)
         emb = np.zeros((len(frame_times), self.dim), np.float32)
         audio, sr, start = read_audio_native(path)
@@ -60,7 +65,7 @@ class AudioEmbedder:
 
         def sample_at(times):
             return np.round((times - start) * openl3.SAMPLE_RATE).astype(np.int64)
-        valid = self.audible(audio, sample_at(frame_times))
+        valid = self.audible(audio, sample_at(frame_times)) if gate is None else np.asarray(gate, bool)
         # the window each valid frame uses: its own, or the nearest point of the `rate` grid
         slot = np.round(frame_times * self.rate).astype(np.int64) if self.rate else np.arange(len(frame_times))
         slots, row_of = np.unique(slot[valid], return_inverse=True)
@@ -87,12 +92,30 @@ class OpenL3Extractor(Extractor):
         self.dim = params["embedding_size"]
         self.precision = "bf16" if device.startswith("cuda") else "fp32"   # openl3.load_model's autocast
 
+    def provenance(self) -> dict:
+        # Recorded only when not the default, so that the level-gated stores stay byte-identical
+        # to those written before `valid_from` existed.
+        vad = {"valid_from": "vad", "vad_threshold": self.params["vad_threshold"]} if self.by_vad else {}
+        return {**super().provenance(), **vad}
+
+    @property
+    def by_vad(self) -> bool:
+        return self.params.get("valid_from", "level") == "vad"
+
     def load(self) -> None:
         p = self.params
         self.embedder = AudioEmbedder(self.weights, p["input_repr"], p["embedding_size"], p["rate"], self.device,
                                       p["batch_size"], p["silence_db"], p["silence_window"])
+        if self.by_vad:
+            from avfusion.vad import VoiceActivity
+            self.voice = VoiceActivity()
 
     def rows(self, video: dict) -> dict[str, np.ndarray]:
         times = media.frame_times(video["path"])
-        embedding, valid = self.embedder.embed_video(video["path"], times)
+        if self.by_vad:
+            speech = self.voice.frames(video["path"], times)
+            gate = speech.valid & (speech.features[:, 0] >= self.params["vad_threshold"])
+            embedding, valid = self.embedder.embed_video(video["path"], times, gate)
+        else:
+            embedding, valid = self.embedder.embed_video(video["path"], times)
         return {"embedding": embedding, "valid": valid, "time": times}

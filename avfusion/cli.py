@@ -1,4 +1,4 @@
-"""The `avfusion` command. Subcommands so more can join `predict`."""
+"""The `avfusion` command: `predict` (valence and arousal of a video) and `features` (its per-frame features)."""
 from __future__ import annotations
 
 import argparse
@@ -14,12 +14,7 @@ DESCRIPTION = "Audio-visual valence/arousal prediction with models trained by th
 def _predict(args: argparse.Namespace) -> None:
     # Fail on a bad video or output path at once, before torch, the models and the extraction load.
     probe(args.video)
-    for out in filter(None, (args.out, args.plot)):
-        directory = os.path.dirname(os.path.abspath(out))
-        if not os.path.isdir(directory):
-            raise PredictError(f"{out}: its directory does not exist")
-        if not os.access(directory, os.W_OK):
-            raise PredictError(f"{out}: its directory is not writable")
+    _check_out(args.out, args.plot)
     # Imported only now: torch and the extractors take seconds to load.
     from avfusion.plots import plot_prediction
     from avfusion.predict import Predictor, write_atomically, write_csv
@@ -34,6 +29,32 @@ def _predict(args: argparse.Namespace) -> None:
             result["time"], result["pred"], result["face"], result["audio"], tmp, os.path.basename(args.video)))
     print(f"{args.out}: {len(result['time'])} frames (face in {result['face'].mean():.0%}, "
           f"audio in {result['audio'].mean():.0%})", file=sys.stderr)
+
+
+def _check_out(*paths: str | None) -> None:
+    for out in filter(None, paths):
+        directory = os.path.dirname(os.path.abspath(out))
+        if not os.path.isdir(directory):
+            raise PredictError(f"{out}: its directory does not exist")
+        if not os.access(directory, os.W_OK):
+            raise PredictError(f"{out}: its directory is not writable")
+
+
+def _features(args: argparse.Namespace) -> None:
+    probe(args.video)                 # a bad video or output fails at once, before torch loads
+    _check_out(args.out)
+    from avfusion.export import ExportError, available, extract_all, write_table
+    from avfusion.extractors import get_extractor
+    from avfusion.predict import write_atomically
+
+    names = args.extractors.split(",") if args.extractors else available(args.weights)
+    for name in names:
+        get_extractor(name)           # an unknown name: one line listing the known ones
+    if not names:
+        raise ExportError(f"no extractor can run: no weights in {args.weights} (pass --weights DIR or --extractors)")
+    header, table = extract_all(args.video, names, args.weights, args.device, args.params)
+    write_atomically(args.out, lambda tmp: write_table(tmp, header, table))
+    print(f"{args.out}: {len(table)} frames, {len(header) - 2} columns ({', '.join(names)})", file=sys.stderr)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -55,6 +76,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--smooth-valence", type=int, default=0, metavar="FRAMES", help="moving average (0 = off)")
     p.add_argument("--smooth-arousal", type=int, default=0, metavar="FRAMES", help="moving average (0 = off)")
     p.set_defaults(run=_predict)
+
+    f = commands.add_parser(
+        "features", help="per-frame features of a video, every extractor in one CSV",
+        description="Write one CSV row per decoded frame: frame (0-based), time (s), then per extractor "
+                    "<name>.valid (1 when the extractor saw its modality at the frame) and its columns "
+                    "<name>.<feature> (named features, or numbered embeddings: facenet.000 ...). "
+                    "The extractors use the params.yaml sections of the project.")
+    f.add_argument("video", help="any container FFmpeg reads")
+    f.add_argument("--out", required=True, help="CSV file to write")
+    f.add_argument("--extractors", help="comma-separated names, e.g. vad,mfcc (default: all that can run here: "
+                                        "their weights in --weights, openSMILE installed for egemaps)")
+    f.add_argument("--weights", default="data/weights",
+                   help="directory with visual.pt, audio.h5, expression.hdf5 (default: %(default)s)")
+    f.add_argument("--params", default="params.yaml", help="the extractors' params (default: %(default)s)")
+    f.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
+    f.set_defaults(run=_features)
     return top
 
 

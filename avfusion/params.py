@@ -93,6 +93,11 @@ DEVICE = Key("auto, cpu, cuda or cuda:<index>",
              lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None, "auto")
 ON_ERROR = one_of("fail", "skip", default="fail")   # bad media: stop with one line, or leave the video out
 SPLIT_SHARE = number(ge=0, lt=1, default=ABSENT)
+# The plug-ins a features.extractors list may name (avfusion/extractors.py; facenet and openl3 have their
+# own stages, visual and audio)
+EXTRACTOR_NAMES = ("vad", "egemaps", "logmel", "mfcc", "expression")
+# The audio descriptor extractors run on the CPU, one process per store
+AUDIO_DESCRIPTOR = {"stores": integer(ge=1), "workers": integer(ge=1, default=1), "on_error": ON_ERROR}
 
 SCHEMA: dict[str, dict[str, Key]] = {
     "demo": {
@@ -133,10 +138,30 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "rate": number(ge=0),
         "silence_db": number(le=0),
         "silence_window": number(gt=0),
+        "valid_from": one_of("level", "vad", default="level"),   # the validity mask: RMS level gate or silero-vad
+        "vad_threshold": number(ge=0, le=1, default=0.5),         # valid_from: vad: speech probability >= this
         "batch_size": integer(ge=1),
         "device": DEVICE,
         "stores": integer(ge=1),
         "workers": integer(ge=1),
+        "on_error": ON_ERROR,
+    },
+    # Plug-in extractors (avfusion/extractors.py): `extract@<name>` stages for the names listed here
+    "features": {
+        "extractors": Key("a list of extractor names (vad, egemaps, logmel, mfcc, expression)",
+                          lambda v: isinstance(v, list) and all(n in EXTRACTOR_NAMES for n in v)
+                          and len(set(v)) == len(v)),
+    },
+    "vad": dict(AUDIO_DESCRIPTOR),
+    "egemaps": dict(AUDIO_DESCRIPTOR),
+    "logmel": dict(AUDIO_DESCRIPTOR),
+    "mfcc": dict(AUDIO_DESCRIPTOR),
+    "expression": {
+        "weights": weights("fer"),
+        "batch_size": integer(ge=1, default=64),
+        "device": DEVICE,
+        "stores": integer(ge=1),
+        "workers": integer(ge=1, default=1),
         "on_error": ON_ERROR,
     },
     "fusion": {

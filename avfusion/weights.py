@@ -25,6 +25,7 @@ from avfusion.params import SCHEMA, invalid
 
 VISUAL_OUT = "data/weights/visual.pt"
 AUDIO_OUT = "data/weights/audio.h5"
+EXPRESSION_OUT = "data/weights/expression.hdf5"
 FACENET_URLS = {
     "vggface2": "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180402-114759-vggface2.pt",
     "casia-webface": "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180408-102900-casia-webface.pt",

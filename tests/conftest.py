@@ -106,7 +106,9 @@ def shrink(params: dict, overrides: dict) -> dict:
 def make_pipeline_repo(dest: str, overrides: dict | None = None) -> str:
     """Copy the project's pipeline into `dest` as a fresh git + DVC repo with one commit."""
     os.makedirs(dest, exist_ok=True)
-    for name in ("avfusion", "stages", "dvc.yaml", "pyproject.toml", ".dvc/config", ".dvcignore", ".gitignore"):
+    # the fer model file: expression.weights' offline default (params.yaml)
+    for name in ("avfusion", "stages", "dvc.yaml", "pyproject.toml", ".dvc/config", ".dvcignore", ".gitignore",
+                 "tests/fixtures/expression/emotion_model.hdf5"):
         src = os.path.join(REPO, name)
         if os.path.isdir(src):
             shutil.copytree(src, os.path.join(dest, name), ignore=shutil.ignore_patterns("__pycache__"))

@@ -1,0 +1,100 @@
+"""`avfusion features VIDEO --out FILE.csv`: one row per decoded frame, every extractor's named columns,
+on a real encoded video with a drawn face and a tone; bad input gets one line and leaves no file."""
+from __future__ import annotations
+
+import csv
+import glob
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import LOOK, REPO, encode_video, tone
+from avfusion.cli import main
+from avfusion.demo import draw_face
+from avfusion.expression import EXPRESSIONS
+from avfusion.faces import random_state_dict
+from avfusion.media import frame_times
+from avfusion.openl3 import write_random_weights
+
+PARAMS = os.path.join(REPO, "params.yaml")
+FRAMES = 8
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> str:
+    directory = tmp_path_factory.mktemp("weights")
+    torch.save(random_state_dict(0), directory / "visual.pt")
+    write_random_weights(str(directory / "audio.h5"), "mel128", 512, 0)
+    shutil.copy(os.path.join(REPO, "tests", "fixtures", "expression", "emotion_model.hdf5"),
+                directory / "expression.hdf5")
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> str:
+    frames = [draw_face(160, LOOK, valence=0.5, eye_open=0.5, center=(80 + i, 80)) for i in range(FRAMES)]
+    return encode_video(tmp_path_factory.mktemp("video") / "face.mp4", frames, tone(FRAMES / 10), fps=10)
+
+
+def read(path: str) -> tuple[list[str], np.ndarray]:
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    return rows[0], np.array(rows[1:], dtype=np.float64)
+
+
+def test_every_extractor_in_one_table(tmp_path, video, weights):
+    out = str(tmp_path / "features.csv")
+    assert main(["features", video, "--out", out, "--weights", weights, "--params", PARAMS, "--device", "cpu"]) == 0
+    header, table = read(out)
+    assert header[:2] == ["frame", "time"]
+    assert len(table) == FRAMES and np.array_equal(table[:, 0], np.arange(FRAMES))
+    np.testing.assert_allclose(table[:, 1], frame_times(video), atol=1e-4)
+    column = {name: i for i, name in enumerate(header)}
+    for name, width in (("facenet", 512), ("openl3", 512), ("vad", 1), ("egemaps", 25), ("logmel", 64),
+                        ("mfcc", 20), ("expression", 135)):
+        assert f"{name}.valid" in column
+        assert len([h for h in header if h.startswith(name + ".")]) == width + 1, name
+    assert {"facenet.000", "facenet.511", "openl3.000", "vad.speech", "logmel.mel_00", "mfcc.mfcc_19",
+            "egemaps.F0semitoneFrom27.5Hz_sma3nz", "egemaps.Loudness_sma3",
+            *(f"expression.{e}" for e in EXPRESSIONS), "expression.feature_127"} <= set(header)
+    assert table[:, column["facenet.valid"]].sum() >= FRAMES - 1           # the drawn face is found
+    assert table[:, column["openl3.valid"]].all() and table[:, column["vad.valid"]].all()
+    assert table[:, column["vad.speech"]].max() < 0.5                       # a tone is not speech
+    probs = table[:, [column[f"expression.{e}"] for e in EXPRESSIONS]]
+    face = table[:, column["facenet.valid"]] == 1
+    np.testing.assert_allclose(probs[face].sum(axis=1), 1, atol=1e-4)
+    assert np.array_equal(table[:, column["expression.valid"]], table[:, column["facenet.valid"]])
+
+
+def test_chosen_extractors_only(tmp_path, video, weights):
+    out = str(tmp_path / "some.csv")
+    assert main(["features", video, "--out", out, "--extractors", "mfcc,vad", "--weights", weights,
+                 "--params", PARAMS]) == 0
+    header, table = read(out)
+    assert header == ["frame", "time", "mfcc.valid", *(f"mfcc.mfcc_{i:02d}" for i in range(20)), "vad.valid",
+                      "vad.speech"]
+    assert table.shape == (FRAMES, len(header))
+
+
+@pytest.mark.parametrize("problem", ["corrupt", "missing", "unknown extractor", "no weights"])
+def test_bad_input_is_one_line_and_no_file(tmp_path, video, weights, capsys, problem):
+    path, extra = video, []
+    if problem == "corrupt":
+        path = str(tmp_path / "cut.mp4")
+        with open(video, "rb") as src, open(path, "wb") as dst:
+            dst.write(src.read()[: os.path.getsize(video) // 2])
+    elif problem == "missing":
+        path = str(tmp_path / "nowhere.mp4")
+    elif problem == "unknown extractor":
+        extra = ["--extractors", "vad,landmark"]
+    else:
+        extra = ["--extractors", "facenet", "--weights", str(tmp_path / "empty")]
+    out = str(tmp_path / "features.csv")
+    code = main(["features", path, "--out", out, "--params", PARAMS, *(extra or ["--weights", weights])])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert err[-1].startswith("avfusion features: error: ") and "Traceback" not in "\n".join(err)
+    assert not glob.glob(str(tmp_path / "*.csv")) and not glob.glob(str(tmp_path / ".features.csv*"))
