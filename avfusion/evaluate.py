@@ -25,11 +25,12 @@ from scipy.ndimage import uniform_filter1d
 
 from avfusion.dataset import MANIFEST, read_manifest
 from avfusion.metrics import INVALID, ccc, ccc_centring, split_ccc
+from avfusion.outofcore import choose_data, open_split
 from avfusion.params import load_params, resolve_device
 from avfusion.plots import DATA_DIR, PNG_DIR, write_plots
 from avfusion.store import FeatureReader
 from avfusion.train import load_model
-from avfusion.windows import load_split, predict_split
+from avfusion.windows import predict_split
 
 VISUAL = "data/features/visual"
 AUDIO = "data/features/audio"
@@ -187,7 +188,7 @@ def predict_all(params: dict, manifest: str, visual_dir: str, audio_dir: str, mo
         rows = [e for e in entries if e["split"] == split]
         if not rows:
             continue
-        data = load_split(rows, visual_dir, audio_dir, device)
+        data = open_split(rows, visual_dir, audio_dir, device, choose_data(params, rows, visual_dir, audio_dir))
         models = folds if split == "test" else folds[:1]
         fold_predictions = [predict_split(model, data, config["window"], config["hop"]) for model, config in models]
         labels = data.labels_numpy()
