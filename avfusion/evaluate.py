@@ -183,12 +183,14 @@ def predict_all(params: dict, manifest: str, visual_dir: str, audio_dir: str, mo
     folds = [load_model(d, device) for d in directories]
     check_features(directories, [config for _, config in folds], visual_dir, audio_dir)
     entries = read_manifest(manifest)
+    # one choice for all splits: the previous split is still held while the next one loads
+    held = choose_data(params, [e for e in entries if e["split"] in SPLITS], visual_dir, audio_dir)
     results = []
     for split in SPLITS:
         rows = [e for e in entries if e["split"] == split]
         if not rows:
             continue
-        data = open_split(rows, visual_dir, audio_dir, device, choose_data(params, rows, visual_dir, audio_dir))
+        data = open_split(rows, visual_dir, audio_dir, device, held)
         models = folds if split == "test" else folds[:1]
         fold_predictions = [predict_split(model, data, config["window"], config["hop"]) for model, config in models]
         labels = data.labels_numpy()
