@@ -232,119 +232,163 @@ def throughput(root: str, frames: int, hop: int, steps: int, reps: int) -> dict:
             "ratio_per_rep": [r(x) for x in ratios], "ratio_median": r(med(ratios))}
 
 
+def bench_main(args, work: str) -> dict:
+    """512-d visual and audio at full size: the stages, throughput side by side, then DVC."""
+    out = {"inputs": {"videos": args.videos, "frames": args.frames, "dims": [512, 512], "stores": STORES,
+                      "epochs": 1, "hop": args.hop, "device": "cpu"}, "load_before": load()}
+    root = os.path.join(work, "project")
+    dataset = make_project(root, args.videos, args.frames, 512, 512)
+    print(" ", dataset, flush=True)
+    out["run"] = {"dataset": dataset, **train_and_evaluate(root, args.hop, "auto")}
+    print("== throughput, in memory vs out of core", flush=True)
+    out["throughput"] = throughput(root, args.throughput_frames, args.hop, args.steps, args.reps)
+    print(" ", out["throughput"], flush=True)
+    if not args.skip_dvc:
+        print("== dvc", flush=True)
+        out["dvc"] = dvc_times(root)
+        print(" ", out["dvc"], flush=True)
+    shutil.rmtree(root)
+    return out
+
+
+def bench_wide(args, work: str) -> dict:
+    """Wide audio embeddings at growing sizes: train and evaluate only (peak RSS must not grow)."""
+    out = {"inputs": {"dim_audio": args.wide_dim, "frames": args.wide_frames, "hop": args.hop},
+           "load_before": load(), "runs": []}
+    for frames in args.wide_frames:
+        print(f"== {args.wide_dim}-d audio, {frames} frames (load {load()})", flush=True)
+        root = os.path.join(work, f"wide-{frames}")
+        videos = max(4, round(args.videos * frames / args.frames))
+        dataset = make_project(root, videos, frames, 512, args.wide_dim)
+        out["runs"].append({"dataset": dataset, **train_and_evaluate(root, args.hop, "auto")})
+        shutil.rmtree(root)
+    return out
+
+
+SECTIONS = {"main": bench_main, "wide": bench_wide}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", choices=list(SECTIONS), default=list(SECTIONS),
+                        help="run these sections; the report keeps the other's last results")
     parser.add_argument("--videos", type=int, default=600)
     parser.add_argument("--frames", type=int, default=2_800_000)
-    parser.add_argument("--hop", type=int, default=64, help="training hop (window: params.yaml's, 64)")
+    parser.add_argument("--hop", type=int, default=64, help="training hop, at most the window (params.yaml's, 64)")
     parser.add_argument("--wide-frames", type=int, nargs="*", default=[300_000, 900_000])
     parser.add_argument("--wide-dim", type=int, default=6144)
     parser.add_argument("--throughput-frames", type=int, default=250_000)
     parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--reps", type=int, default=6)
+    parser.add_argument("--reps", type=int, default=8)
     parser.add_argument("--skip-dvc", action="store_true")
     parser.add_argument("--tmp", default=tempfile.gettempdir())
     parser.add_argument("--out", default=os.path.join(REPO, "reports"))
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count())
-    began = time.perf_counter()
-    report = {"inputs": {"videos": args.videos, "frames": args.frames, "dims": [512, 512], "stores": STORES,
-                         "epochs": 1, "hop": args.hop, "device": "cpu", "cores": os.cpu_count(),
-                         "wide_audio": {"dim": args.wide_dim, "frames": args.wide_frames}},
-              "load_before": load()}
-    work = tempfile.mkdtemp(prefix="bench-scale-", dir=args.tmp)
-    try:
-        root = os.path.join(work, "project")
-        print(f"== {args.videos} videos, {args.frames} frames, 512-d (load {load()})", flush=True)
-        report["dataset"] = make_project(root, args.videos, args.frames, 512, 512)
-        print(" ", report["dataset"], flush=True)
-        report["run"] = train_and_evaluate(root, args.hop, "auto")
-        print("== throughput, in memory vs out of core", flush=True)
-        report["throughput"] = throughput(root, args.throughput_frames, args.hop, args.steps, args.reps)
-        print(" ", report["throughput"], flush=True)
-        if not args.skip_dvc:
-            print("== dvc", flush=True)
-            report["dvc"] = dvc_times(root)
-            print(" ", report["dvc"], flush=True)
-        shutil.rmtree(root)
-        report["wide"] = []
-        for frames in args.wide_frames:
-            print(f"== {args.wide_dim}-d audio, {frames} frames (load {load()})", flush=True)
-            root = os.path.join(work, f"wide-{frames}")
-            videos = max(4, round(args.videos * frames / args.frames))
-            dataset = make_project(root, videos, frames, 512, args.wide_dim)
-            report["wide"].append({"dataset": dataset, **train_and_evaluate(root, args.hop, "auto")})
-            shutil.rmtree(root)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    runs = [report["run"]] + report["wide"]
-    peaks = [x[stage]["peak_rss_gb"] for x in runs for stage in ("train", "evaluate")]
-    report.update(load_after=load(), seconds=round(time.perf_counter() - began),
-                  finished=datetime.datetime.now().isoformat(timespec="seconds"))
-    report["metrics"] = {"peak_rss_gb": max(peaks),
-                         "out_of_core_vs_in_memory_throughput": report["throughput"]["ratio_median"]}
-    write(report, args.out)
+    path = os.path.join(args.out, "bench.json")
+    report = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            report = json.load(f).get("affwild2_scale", {})
+    for name in args.only:
+        print(f"== {name} (load {load()})", flush=True)
+        began = time.perf_counter()
+        work = tempfile.mkdtemp(prefix="bench-scale-", dir=args.tmp)
+        try:
+            result = SECTIONS[name](args, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        result.update(load_after=load(), seconds=round(time.perf_counter() - began),
+                      finished=datetime.datetime.now().isoformat(timespec="seconds"), cores=os.cpu_count())
+        report[name] = result
+        runs = ([report["main"]["run"]] if "main" in report else []) + report.get("wide", {}).get("runs", [])
+        peaks = [x[stage]["peak_rss_gb"] for x in runs for stage in ("train", "evaluate")]
+        report["metrics"] = {"peak_rss_gb": max(peaks)}
+        if "main" in report:
+            report["metrics"]["out_of_core_vs_in_memory_throughput"] = report["main"]["throughput"]["ratio_median"]
+        write(report, args.out)
 
 
 def write(report: dict, out: str) -> None:
+    """The `affwild2_scale` key of bench.json (its other keys kept) and scale.md."""
     path = os.path.join(out, "bench.json")
-    old = json.load(open(path)) if os.path.exists(path) else {}
+    old = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
     old["affwild2_scale"] = report
     with open(path, "w") as f:
         json.dump(old, f, indent=2)
     with open(os.path.join(out, "scale.md"), "w") as f:
         f.write(markdown(report))
-    print(f"wrote {path} (affwild2_scale) and {os.path.join(out, 'scale.md')}")
+    print(f"wrote {path} (affwild2_scale) and {os.path.join(out, 'scale.md')}", flush=True)
 
 
 def gb(x: float) -> str:
     return f"{x / 1e9:.1f} GB"
 
 
+def stage_rows(x: dict) -> list[str]:
+    d, t, e = x["dataset"], x["train"], x["evaluate"]
+    name = f"{d['frames']:,} frames, {d['dim_visual']}+{d['dim_audio']}-d, {gb(d['store_bytes'])}, hop {x['hop']}"
+    return [f"| {name} | train (`{x['chosen']}`) | {t['wall_s']} | {t['peak_rss_gb']} | {t['epoch_s']} | "
+            f"{t['windows']:,} | {t['windows_per_s']} |",
+            f"| {name} | evaluate | {e['wall_s']} | {e['peak_rss_gb']} | | | |"]
+
+
 def markdown(report: dict) -> str:
-    d, run, m = report["dataset"], report["run"], report["metrics"]
-    tp = report["throughput"]
-    lines = [
-        "# Aff-Wild2-sized training and evaluation", "",
-        f"Produced by `tests/bench/bench_scale.py` on the CPU ({report['inputs']['cores']} cores, shared: load "
-        f"{report['load_before']} → {report['load_after']}); {report['finished'][:16]}. Synthetic stores written "
-        "by `StoreWriter` in the real format (no extraction); the real `train` and `evaluate` stages, each in "
-        "its own process (peak RSS = that process's `ru_maxrss`).", "",
-        f"Dataset: {d['videos']} videos, {d['frames']:,} frames (lengths min / median / max "
-        f"{' / '.join(f'{x:,}' for x in d['length_min_median_max'])}), split "
-        f"{' / '.join(str(d['split_videos'][s]) for s in SPLITS)} videos (train / validation / test), "
-        f"{d['dim_visual']}-d visual and {d['dim_audio']}-d audio, {gb(d['store_bytes'])} of stores; "
-        "5 % of frames unlabelled (-5 runs), 10 % without a face, 25 % without a voice.", "",
-        f"Training: 1 epoch, `{run['fusion']}`, window {run['window']}, **hop {run['hop']}** (the demo's hop 8 "
-        f"would make the epoch 8× longer: {run['train']['windows']:,} windows at hop {run['hop']}), batch "
-        f"{run['batch_size']}, `data: {run['data']}` (it chose `{run['chosen']}`).", "",
-        "| run | stage | wall s | peak RSS GB | epoch s (incl. validation scoring) | windows/s |",
-        "|---|---|---|---|---|---|"]
-    for x in [run] + report["wide"]:
-        ds = x.get("dataset", d)
-        name = f"{ds['frames']:,} frames, {ds['dim_visual']}+{ds['dim_audio']}-d, {gb(ds['store_bytes'])}"
-        t, e = x["train"], x["evaluate"]
-        lines.append(f"| {name} | train | {t['wall_s']} | {t['peak_rss_gb']} | {t['epoch_s']} | {t['windows_per_s']} |")
-        lines.append(f"| {name} | evaluate | {e['wall_s']} | {e['peak_rss_gb']} | | |")
-    lines += ["", f"Largest peak RSS: **{m['peak_rss_gb']} GB** (bound: 6 GB).", "",
-              "## Out of core vs in memory", "",
-              f"The same {tp['videos']} training videos ({tp['frames']:,} frames), the train stage's step "
-              f"(`{run['fusion']}`, AdamW, batch {run['batch_size']}) on identical random batches, {tp['reps']} reps "
-              f"of {tp['steps_per_rep']} steps alternating between the two (page cache warm; load "
-              f"{tp['load_before']} → {tp['load_after']}):", "",
-              f"- in memory: {tp['windows_per_s']['memory']} windows/s",
-              f"- out of core: {tp['windows_per_s']['stores']} windows/s",
-              f"- ratio per rep {tp['ratio_per_rep']}, median **{m['out_of_core_vs_in_memory_throughput']}** "
-              "(target ≥ 0.7)."]
-    if "dvc" in report:
-        v = report["dvc"]
-        lines += ["", "## DVC", "",
-                  f"Both stores directories ({v['files']} files, {gb(d['store_bytes'])}), cache type "
-                  f"`{v['cache_type']}`, remote: {v['remote']}.", "",
-                  "| dvc add | dvc status | dvc push | dvc status -c | dvc pull (fresh clone) | dvc status (clone) |",
-                  "|---|---|---|---|---|---|",
-                  f"| {v['dvc_add_s']} s | {v['dvc_status_s']} s | {v['dvc_push_s']} s | {v['dvc_status_cloud_s']} s "
-                  f"| {v['dvc_pull_s']} s | {v['clone_dvc_status_s']} s |"]
+    main, wide = report.get("main"), report.get("wide")
+    throughput = (f"Out of core vs in memory, training throughput: "
+                  f"**{report['metrics']['out_of_core_vs_in_memory_throughput']}** (target ≥ 0.7).\n" if main else "")
+    lines = ["# Aff-Wild2-sized training and evaluation", "",
+             "Produced by `tests/bench/bench_scale.py` on the CPU. Synthetic stores written by `StoreWriter` in "
+             "the real format (no extraction; random embeddings: speed and memory do not depend on their values); "
+             "the real `train` (1 epoch) and `evaluate` stages, each in its own process (peak RSS: that "
+             "process's `ru_maxrss`). Labels have 5 % of frames in `-5` runs; 10 % of frames have no face and "
+             "25 % no voice (zero embeddings, valid false), in runs of up to 30 s.", "",
+             f"Largest peak RSS over these runs: **{report['metrics']['peak_rss_gb']} GB** (bound: 6 GB).", "",
+             throughput,
+             "| run | stage | wall s | peak RSS GB | epoch s (incl. validation scoring) | training windows | "
+             "windows/s |", "|---|---|---|---|---|---|---|"]
+    for x in ([main["run"]] if main else []) + (wide["runs"] if wide else []):
+        lines += stage_rows(x)
+    if main:
+        d, run, tp = main["run"]["dataset"], main["run"], main["throughput"]
+        lines += ["", f"## {d['frames']:,} frames, 512-d visual and audio", "",
+                  f"{main['finished'][:16]}, {main['cores']} cores shared with other jobs (load "
+                  f"{main['load_before']} → {main['load_after']}), {main['seconds']} s in all.", "",
+                  f"{d['videos']} videos, lengths min / median / max "
+                  f"{' / '.join(f'{x:,}' for x in d['length_min_median_max'])} frames; train / validation / test "
+                  f"{' / '.join(str(d['split_videos'][s]) for s in SPLITS)} videos, "
+                  f"{' / '.join(f'{n:,}' for n in d['split_frames'].values())} frames; "
+                  f"{gb(d['store_bytes'])} of stores ({STORES} per modality), written in {d['write_s']} s.", "",
+                  f"Training: `{run['fusion']}`, window {run['window']}, **hop {run['hop']}** (no overlap: the "
+                  f"demo's hop 8 would make the epoch 8× longer), batch {run['batch_size']}, `train.data: "
+                  f"{run['data']}` chose `{run['chosen']}`. Evaluate predicts every frame of every split.", "",
+                  "### Out of core vs in memory", "",
+                  f"The same {tp['videos']} training videos ({tp['frames']:,} frames), the train stage's step "
+                  f"(`{run['fusion']}`, AdamW, batch {run['batch_size']}) on identical random batches, {tp['reps']} "
+                  f"reps of {tp['steps_per_rep']} steps alternating between the two (page cache warm; load "
+                  f"{tp['load_before']} → {tp['load_after']}):", "",
+                  f"- in memory: {tp['windows_per_s']['memory']} windows/s",
+                  f"- out of core: {tp['windows_per_s']['stores']} windows/s",
+                  f"- ratio per rep {tp['ratio_per_rep']}, median **{tp['ratio_median']}**"]
+        if "dvc" in main:
+            v = main["dvc"]
+            lines += ["", "### DVC", "",
+                      f"Both stores directories ({v['files']} files, {gb(d['store_bytes'])}), cache type "
+                      f"`{v['cache_type']}`, remote: {v['remote']}; the pull is a fresh `git clone`'s "
+                      f"({gb(v['pulled_bytes'])} pulled).", "",
+                      "| dvc add | dvc status | dvc push | dvc status -c | dvc pull | dvc status (clone) |",
+                      "|---|---|---|---|---|---|",
+                      f"| {v['dvc_add_s']} s | {v['dvc_status_s']} s | {v['dvc_push_s']} s | "
+                      f"{v['dvc_status_cloud_s']} s | {v['dvc_pull_s']} s | {v['clone_dvc_status_s']} s |"]
+    if wide:
+        lines += ["", f"## {wide['inputs']['dim_audio']}-d audio", "",
+                  f"{wide['finished'][:16]}, load {wide['load_before']} → {wide['load_after']}. 512-d visual, "
+                  f"{wide['inputs']['dim_audio']}-d audio (OpenL3's `embedding_size: 6144`) at "
+                  f"{' and '.join(f'{f:,}' for f in wide['inputs']['frames'])} frames (videos in proportion), "
+                  f"training hop {wide['inputs']['hop']}."]
     return "\n".join(lines) + "\n"
 
 
