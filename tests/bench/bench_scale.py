@@ -87,6 +87,7 @@ def make_project(root: str, videos: int, frames: int, dim_visual: int, dim_audio
     split_of = {}
     order = np.random.default_rng(1).permutation(videos)
     bounds = np.cumsum([round(share * videos) for share in SPLITS.values()])
+    bounds[-1] = videos   # rounding must leave no video out
     for rank, i in enumerate(order):
         split_of[ids[i]] = list(SPLITS)[int(np.searchsorted(bounds, rank, side="right"))]
     os.makedirs(os.path.join(root, "data/labels"))
