@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import mmap
 import os
 import shutil
 import zlib
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +31,6 @@ FORMAT = "avfusion-features/2"   # 2: embeddings stored uncompressed (memory-map
 ROWS_PER_CHUNK = 256          # a 300-frame window reads 2-3 chunks per array
 ROWS_PER_SHARD = 16384        # ~32 MB of 512-d float32 per shard file
 ABSENT = 2**64 - 1            # shard index entry of a chunk never written (all fill value)
-MAPPED_BYTES = 256 << 20      # shard files kept mapped per array (their pages read count in the RSS)
 BASE_COLUMNS = {"valid": ((), "bool"), "frame": ((), "int32"), "time": ((), "float64"),
                 "video": ((), "int32")}
 
@@ -137,9 +136,9 @@ class RawShardReader:
     zarr's own read path costs ~3 ms per call whatever the size; a window read here is a memory copy,
     like a numpy memmap (`zarr_vs_memmap_read_ratio` in reports/bench.md). The layout is zarr v3's
     sharding codec: raw little-endian chunks, then an index of (offset, nbytes) per chunk and its
-    CRC32C at the end of the shard file; absent chunks (all fill value) read as zeros. The least
-    recently used shards are unmapped past MAPPED_BYTES, so reading a whole store (an out-of-core
-    epoch) leaves the process's memory bounded; their pages stay in the OS page cache.
+    CRC32C at the end of the shard file; absent chunks (all fill value) read as zeros. Pages a read
+    copied are released from the mapping at once (they stay in the OS page cache), so reading a whole
+    store, as an out-of-core epoch does, leaves the process's memory flat.
     """
 
     def __init__(self, array: zarr.Array, directory: str):
@@ -149,8 +148,7 @@ class RawShardReader:
         self.fill = array.fill_value
         self.directory = directory
         self.chunk_key = array.metadata.chunk_key_encoding.encode_chunk_key
-        self.shards: OrderedDict[int, tuple[np.memmap, np.ndarray] | None] = OrderedDict()
-        self.mapped = 0
+        self.shards: dict[int, tuple[mmap.mmap, np.ndarray] | None] = {}
 
     @staticmethod
     def supports(array: zarr.Array) -> bool:
@@ -161,21 +159,16 @@ class RawShardReader:
                 and [type(c) for c in codecs[0].index_codecs] == [BytesCodec, Crc32cCodec])
 
     def _shard(self, s: int):
-        if s in self.shards:
-            self.shards.move_to_end(s)
-            return self.shards[s]
-        path = os.path.join(self.directory, self.chunk_key((s, 0)))
-        if not os.path.exists(path):
-            self.shards[s] = None
-            return None
-        while self.shards and self.mapped + os.path.getsize(path) > MAPPED_BYTES:
-            _, old = self.shards.popitem(last=False)
-            self.mapped -= len(old[0]) if old else 0
-        data = np.memmap(path, dtype=np.uint8, mode="r")
-        index_bytes = 16 * self.chunks_per_shard
-        index = np.frombuffer(data[-index_bytes - 4:-4], "<u8").reshape(-1, 2)
-        self.shards[s] = (data, index)
-        self.mapped += len(data)
+        if s not in self.shards:
+            path = os.path.join(self.directory, self.chunk_key((s, 0)))
+            if not os.path.exists(path):
+                self.shards[s] = None
+            else:
+                with open(path, "rb") as f:
+                    data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                index_bytes = 16 * self.chunks_per_shard
+                index = np.frombuffer(data, "<u8", 2 * self.chunks_per_shard, len(data) - index_bytes - 4)
+                self.shards[s] = (data, index.reshape(-1, 2).copy())
         return self.shards[s]
 
     def read(self, start: int, stop: int) -> np.ndarray:
@@ -186,10 +179,12 @@ class RawShardReader:
             shard = self._shard(s)
             if shard is None or shard[1][i, 0] == ABSENT:
                 continue
-            chunk = np.frombuffer(shard[0], self.dtype, count=rpc * self.dim,
-                                  offset=int(shard[1][i, 0])).reshape(rpc, self.dim)
+            offset = int(shard[1][i, 0])
+            chunk = np.frombuffer(shard[0], self.dtype, count=rpc * self.dim, offset=offset).reshape(rpc, self.dim)
             lo, hi = max(start, c * rpc), min(stop, (c + 1) * rpc)
             out[lo - start:hi - start] = chunk[lo - c * rpc:hi - c * rpc]
+            page = offset - offset % mmap.PAGESIZE
+            shard[0].madvise(mmap.MADV_DONTNEED, page, offset + chunk.nbytes - page)
         return out
 
 

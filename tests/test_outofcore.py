@@ -51,14 +51,29 @@ def test_store_split_gathers_the_same_batches(dataset):
     assert torch.equal(stores.audio[rows[0]], memory.audio[rows[0]])
 
 
-def test_shard_mappings_stay_bounded(dataset, monkeypatch):
-    data, manifest = dataset
-    memory, stores = both(data, manifest)
-    monkeypatch.setattr(store, "MAPPED_BYTES", 1)   # one shard mapped at a time
-    everything = torch.arange(len(memory))
-    assert torch.equal(stores.visual[everything], memory.visual)
-    raw = [r["embedding"] for r in stores.visual.reader.raw]
-    assert all(len([s for s in r.shards.values() if s]) <= 1 for r in raw)
+def rss_file_kb() -> int:
+    """Resident pages of files mapped into this process (e.g. stores read through mmap)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("RssFile:"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_reading_a_whole_store_leaves_no_mapped_pages_resident(tmp_path):
+    rows, dim = 40_000, 256   # 41 MB in 3 shard files
+    path = str(tmp_path / "store-00.zarr")
+    writer = store.StoreWriter(path, dim, {"extractor": "test"}, ["a", "b"])
+    embedding = np.random.default_rng(0).standard_normal((rows, dim), dtype=np.float32)
+    for vid, part in (("a", embedding[:25_000]), ("b", embedding[25_000:])):
+        writer.append(vid, embedding=part, valid=np.ones(len(part), bool), frame=np.arange(len(part)),
+                      time=np.arange(len(part)) / 30)
+    reader = store.FeatureReader(str(tmp_path))
+    before = rss_file_kb()
+    for vid in ("a", "b"):
+        for start in range(0, reader.length(vid), 1000):
+            reader.rows(vid, columns=("embedding",), start=start, stop=start + 1000)
+    assert rss_file_kb() - before < 4_000   # KB: the 41 MB read are not kept mapped
+    read = np.concatenate([reader.rows(vid, columns=("embedding",))["embedding"] for vid in ("a", "b")])
+    assert np.array_equal(read, embedding)
 
 
 def test_statistics_and_predictions_match(dataset):
