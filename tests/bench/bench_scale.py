@@ -313,9 +313,10 @@ def main() -> None:
         result.update(load_after=load(), seconds=round(time.perf_counter() - began),
                       finished=datetime.datetime.now().isoformat(timespec="seconds"), cores=os.cpu_count())
         report[name] = result
+        print(json.dumps({k: v for k, v in result.items() if k in ("ratio_median", "windows_per_s")}), flush=True)
         runs = ([report["main"]["run"]] if "main" in report else []) + report.get("wide", {}).get("runs", [])
         peaks = [x[stage]["peak_rss_gb"] for x in runs for stage in ("train", "evaluate")]
-        report["metrics"] = {"peak_rss_gb": max(peaks)}
+        report["metrics"] = {"peak_rss_gb": max(peaks)} if peaks else {}
         tp = report.get("throughput") or report.get("main", {}).get("throughput")
         if tp:
             report["metrics"]["out_of_core_vs_in_memory_throughput"] = tp["ratio_median"]
