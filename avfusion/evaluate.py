@@ -27,12 +27,13 @@ from scipy.ndimage import uniform_filter1d
 from avfusion.errors import CheckpointError
 from avfusion.manifest import MANIFEST, read_manifest
 from avfusion.metrics import INVALID, ccc, ccc_centring, split_ccc
+from avfusion.outofcore import choose_data, open_split
 from avfusion.params import load_params, resolve_device
 from avfusion.plots import DATA_DIR, PNG_DIR, write_plots
 from avfusion.recipes import eval_settings
 from avfusion.store import FeatureReader
 from avfusion.train import load_model
-from avfusion.windows import load_split, predict_split
+from avfusion.windows import predict_split
 
 VISUAL = "data/features/visual"
 AUDIO = "data/features/audio"
@@ -192,12 +193,14 @@ def predict_all(params: dict, manifest: str, visual_dir: str, audio_dir: str, mo
     check_features(directories, [config for _, config in folds], visual_dir, audio_dir)
     params = eval_settings(params, folds[0][1].get("eval"))
     entries = read_manifest(manifest)
+    # one choice for all splits: the previous split is still held while the next one loads
+    held = choose_data(params, [e for e in entries if e["split"] in SPLITS], visual_dir, audio_dir)
     results = []
     for split in SPLITS:
         rows = [e for e in entries if e["split"] == split]
         if not rows:
             continue
-        data = load_split(rows, visual_dir, audio_dir, device)
+        data = open_split(rows, visual_dir, audio_dir, device, held)
         models = folds if split == "test" else folds[:1]
         fold_predictions = [predict_split(model, data, config["window"], config["hop"],
                                           config.get("last_window", "pad")) for model, config in models]

@@ -93,6 +93,8 @@ DEVICE = Key("auto, cpu, cuda or cuda:<index>",
              lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None, "auto")
 ON_ERROR = one_of("fail", "skip", default="fail")   # bad media: stop with one line, or leave the video out
 SPLIT_SHARE = number(ge=0, lt=1, default=ABSENT)
+DATA_PATH = one_of("auto", "memory", "stores", default="auto")   # avfusion/outofcore.py: where splits live
+MEMORY_BUDGET = number(gt=0, default=2)                           # GB of embeddings `auto` keeps in memory
 # The plug-ins a features.extractors list may name (avfusion/extractors.py; facenet and openl3 have their
 # own stages, visual and audio)
 EXTRACTOR_NAMES = ("vad", "egemaps", "logmel", "mfcc", "expression")
@@ -199,6 +201,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "lr_after": by_recipe(integer(ge=0)),
         "min_lr": by_recipe(number(ge=0)),
         "grad_clip": by_recipe(number(ge=0)),                 # 0: off
+        "data": DATA_PATH,
+        "memory_budget_gb": MEMORY_BUDGET,
     },
     "eval": {
         "clip": boolean(),
@@ -208,6 +212,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "smooth_order": by_recipe(one_of("smooth_then_clip", "clip_then_smooth")),
         "plot_videos": integer(ge=0),
         "device": DEVICE,
+        "data": DATA_PATH,
+        "memory_budget_gb": MEMORY_BUDGET,
     },
 }
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import mmap
 import os
 import shutil
 import zlib
@@ -137,7 +138,9 @@ class RawShardReader:
     zarr's own read path costs ~3 ms per call whatever the size; a window read here is a memory copy,
     like a numpy memmap (`zarr_vs_memmap_read_ratio` in reports/bench.md). The layout is zarr v3's
     sharding codec: raw little-endian chunks, then an index of (offset, nbytes) per chunk and its
-    CRC32C at the end of the shard file; absent chunks (all fill value) read as zeros.
+    CRC32C at the end of the shard file; absent chunks (all fill value) read as zeros. Pages a read
+    copied are released from the mapping at once (they stay in the OS page cache), so reading a whole
+    store, as an out-of-core epoch does, leaves the process's memory flat.
     """
 
     def __init__(self, array: zarr.Array, directory: str):
@@ -147,7 +150,7 @@ class RawShardReader:
         self.fill = array.fill_value
         self.directory = directory
         self.chunk_key = array.metadata.chunk_key_encoding.encode_chunk_key
-        self.shards: dict[int, tuple[np.memmap, np.ndarray] | None] = {}
+        self.shards: dict[int, tuple[mmap.mmap, np.ndarray] | None] = {}
 
     @staticmethod
     def supports(array: zarr.Array) -> bool:
@@ -163,10 +166,11 @@ class RawShardReader:
             if not os.path.exists(path):
                 self.shards[s] = None
             else:
-                data = np.memmap(path, dtype=np.uint8, mode="r")
+                with open(path, "rb") as f:
+                    data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
                 index_bytes = 16 * self.chunks_per_shard
-                index = np.frombuffer(data[-index_bytes - 4:-4], "<u8").reshape(-1, 2)
-                self.shards[s] = (data, index)
+                index = np.frombuffer(data, "<u8", 2 * self.chunks_per_shard, len(data) - index_bytes - 4)
+                self.shards[s] = (data, index.reshape(-1, 2).copy())
         return self.shards[s]
 
     def read(self, start: int, stop: int) -> np.ndarray:
@@ -177,10 +181,12 @@ class RawShardReader:
             shard = self._shard(s)
             if shard is None or shard[1][i, 0] == ABSENT:
                 continue
-            chunk = np.frombuffer(shard[0], self.dtype, count=rpc * self.dim,
-                                  offset=int(shard[1][i, 0])).reshape(rpc, self.dim)
+            offset = int(shard[1][i, 0])
+            chunk = np.frombuffer(shard[0], self.dtype, count=rpc * self.dim, offset=offset).reshape(rpc, self.dim)
             lo, hi = max(start, c * rpc), min(stop, (c + 1) * rpc)
             out[lo - start:hi - start] = chunk[lo - c * rpc:hi - c * rpc]
+            page = offset - offset % mmap.PAGESIZE
+            shard[0].madvise(mmap.MADV_DONTNEED, page, offset + chunk.nbytes - page)
         return out
 
 

@@ -37,15 +37,17 @@ from avfusion.errors import CheckpointError, DatasetError
 from avfusion.manifest import MANIFEST, read_manifest
 from avfusion.fusion import build_model
 from avfusion.metrics import INVALID, LOSSES, split_ccc
+from avfusion.outofcore import choose_data, open_split
 from avfusion.params import resolve_device
 from avfusion.recipes import RECIPES, resolve
 from avfusion.store import FeatureReader
-from avfusion.windows import Split, autocast, load_split, predict_split
+from avfusion.windows import Split, autocast, predict_split
 
 VISUAL = "data/features/visual"
 AUDIO = "data/features/audio"
 MODELS = "models"
 REPORTS = "reports/train"
+STATISTICS_BYTES = 256 << 20   # rows the normalisation statistics read at most, per modality
 
 
 def group_of(entry: dict) -> str:
@@ -83,10 +85,18 @@ def fold_entries(manifest: list[dict], folds: int) -> list[tuple[list[dict], lis
 
 
 def feature_statistics(split: Split) -> list[torch.Tensor]:
-    """Mean and std of each modality over its valid training rows (std floored: no division blow-ups)."""
+    """Mean and std of each modality over its valid training rows (std floored: no division blow-ups).
+
+    Past STATISTICS_BYTES of valid rows, over evenly spaced ones: bounded memory for splits read from
+    the stores, and the same rows whichever way the split is held.
+    """
     stats = []
     for x, valid in ((split.visual, split.visual_valid), (split.audio, split.audio_valid)):
-        rows = x[valid] if valid.any() else torch.zeros(1, x.shape[1], device=x.device)
+        index = valid.nonzero().squeeze(1)
+        most = max(1, STATISTICS_BYTES // (4 * x.shape[1]))
+        if len(index) > most:
+            index = index[torch.arange(most, device=index.device) * len(index) // most]
+        rows = x[index] if len(index) else torch.zeros(1, x.shape[1], device=valid.device)
         mean, std = rows.mean(0), rows.std(0, unbiased=False)
         stats += [mean.cpu(), std.clamp_min(1e-3 * float(std.mean()) + 1e-8).cpu()]
     return stats
@@ -308,8 +318,9 @@ def run(fusion: dict, params: dict, root: str = ".", trained_on: dict | None = N
         live.summary["settings"] = settings   # what ran, beside the scores, for `dvc exp show`
     summaries = []
     for fold, (train_rows, validation_rows) in enumerate(fold_entries(manifest, params.get("folds", 1))):
-        train = load_split(train_rows, path(VISUAL), path(AUDIO), device)
-        validation = load_split(validation_rows, path(VISUAL), path(AUDIO), device)
+        data = choose_data(params, train_rows + validation_rows, path(VISUAL), path(AUDIO))
+        train = open_split(train_rows, path(VISUAL), path(AUDIO), device, data)
+        validation = open_split(validation_rows, path(VISUAL), path(AUDIO), device, data)
         if fusion["type"] == "ridge":
             state, summary = fit_ridge(fold, train, validation, fusion, params, live)
         else:

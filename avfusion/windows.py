@@ -136,11 +136,17 @@ def load_split(entries: list[dict], visual_dir: str, audio_dir: str, device: str
     (`on_error: skip`, listed in reports/skipped_*.json): it is left out, not scored as featureless.
     """
     visual, audio = FeatureReader(visual_dir), FeatureReader(audio_dir)
+    usable = usable_entries(entries, visual, audio)
+    return Split([load_video(e["video_id"], e["labels"], visual, audio) for e in usable], device)
+
+
+def usable_entries(entries: list[dict], visual: FeatureReader, audio: FeatureReader) -> list[dict]:
+    """The entries with rows in either store (see `load_split`)."""
     usable = [e for e in entries if visual.length(e["video_id"]) or audio.length(e["video_id"])]
     for e in entries:
         if e not in usable:
             print(f"{e['video_id']}: no features (skipped by extraction), left out")
-    return Split([load_video(e["video_id"], e["labels"], visual, audio) for e in usable], device)
+    return usable
 
 
 def autocast(device: str):
