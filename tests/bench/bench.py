@@ -89,6 +89,17 @@ def r(x: float, digits: int = 3) -> float:
     return float(f"{x:.{digits}g}") if abs(x) < 10 ** digits else round(x)
 
 
+def merge_into_report(path: str, key: str, value: dict) -> None:
+    """Set one top-level key of a JSON report (reports/bench.json), keeping the others."""
+    report = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            report = json.load(f)
+    report[key] = value
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)
+
+
 def clip(src: str, dst: str, width: int | None = None, height: int | None = None,
          frames: int | None = None) -> str:
     """Re-encode the first `frames` frames of `src` (H.264, crf 18) at width x height, with its audio."""

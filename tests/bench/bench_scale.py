@@ -35,7 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path[:0] = [REPO, HERE]
 
-from bench import Trainer, load, med, r  # noqa: E402
+from bench import Trainer, load, med, merge_into_report, r  # noqa: E402
 from bench_store_scale import dvc, files_and_bytes, sh  # noqa: E402
 from avfusion.annotations import write_labels  # noqa: E402
 from avfusion.metrics import INVALID  # noqa: E402
@@ -325,14 +325,7 @@ def main() -> None:
 
 def write(report: dict, out: str) -> None:
     """The `affwild2_scale` key of bench.json (its other keys kept) and scale.md."""
-    path = os.path.join(out, "bench.json")
-    old = {}
-    if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
-    old["affwild2_scale"] = report
-    with open(path, "w") as f:
-        json.dump(old, f, indent=2)
+    merge_into_report(os.path.join(out, "bench.json"), "affwild2_scale", report)
     with open(os.path.join(out, "scale.md"), "w") as f:
         f.write(markdown(report))
     print(f"wrote {path} (affwild2_scale) and {os.path.join(out, 'scale.md')}", flush=True)

@@ -38,9 +38,11 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path[:0] = [os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                os.path.dirname(os.path.abspath(__file__))]
 from PIL import Image  # noqa: E402
 
+from bench import merge_into_report  # noqa: E402
 from avfusion.demo import draw_face  # noqa: E402
 from avfusion.faces import FaceTracker, FaceTrackEmbedder, random_state_dict  # noqa: E402
 from avfusion.media import decode_video  # noqa: E402
@@ -224,13 +226,7 @@ def compare_tracking(video: str, detect_every: int, reps: int, out: str) -> None
         "track_vs_detect_embedding_cosine_centred": round(pooled["centred"] / both, 4),
         "track_vs_detect_box_iou": round(pooled["iou"] / both, 4),
     }
-    report = {}
-    if os.path.exists(out):
-        with open(out) as f:
-            report = json.load(f)
-    report["detect_and_track"] = result
-    with open(out, "w") as f:
-        json.dump(report, f, indent=2)
+    merge_into_report(out, "detect_and_track", result)
     print(json.dumps(result["metrics"], indent=1), f"\nwrote detect_and_track into {out}")
 
 
