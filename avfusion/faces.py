@@ -3,9 +3,9 @@
 MTCNN (facenet-pytorch's P/R/O-nets and weights, the library's thresholds and box arithmetic) finds
 faces on a downscaled copy of each frame; the tracked face is cropped from the full-resolution frame
 and embedded by InceptionResnetV1. Speed (docs/design.md §4): the library's `MTCNN.detect` crops every
-candidate box with its own resize call and runs max-pooling on NCHW tensors; here candidates are
-cropped in one `roi_align` call and the R/O-nets run channels-last, which more than halves the
-detection cost on a crowded 1080p frame, while decoding runs in a background thread.
+candidate box with its own resize call and runs max-pooling on NCHW tensors; here the same crops
+(the library's crop step, so the same faces result) feed R/O-nets that run channels-last on several
+frames' candidates at once, while decoding runs in a background thread.
 
 Detect and track (`detect_every: k`): the full cascade runs on every k-th frame; in between, the
 O-net alone re-locates the followed face from squares around its last box (box regression +
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from facenet_pytorch import InceptionResnetV1
 from facenet_pytorch.models.mtcnn import ONet, PNet, RNet
 from facenet_pytorch.models.utils.detect_face import batched_nms_numpy, bbreg, generateBoundingBox, rerec
-from torchvision.ops import batched_nms, box_iou, roi_align
+from torchvision.ops import batched_nms, box_iou
 
 from avfusion.media import decode_video
 
@@ -59,7 +59,7 @@ def load_embedder(weights: str | dict, device: str) -> InceptionResnetV1:
 
 
 class FaceDetector:
-    """Batched MTCNN: the library's networks and cascade, with vectorized candidate crops."""
+    """Batched MTCNN: the library's networks, cascade and crops, on several frames per call."""
 
     def __init__(self, device: str = "cpu", min_face: int = 20, thresholds=(0.6, 0.7, 0.7),
                  factor: float = 0.709):
@@ -99,14 +99,26 @@ class FaceDetector:
         return rerec(torch.cat([corners, boxes[:, 4:5]], dim=1)), inds
 
     @staticmethod
-    def _score(imgs, boxes, inds, net, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """R-net or O-net on the square boxes [k, >=4] of images `inds`: (box regression, face probability)."""
-        # The library crops [x1 - 1, x2) in pixels; roi_align zero-pads outside the frame like the
-        # original MTCNN and averages several samples per output pixel for large boxes.
-        rois = torch.cat([inds[:, None].to(boxes), boxes[:, :2].trunc() - 1, boxes[:, 2:4].trunc()], 1)
-        crops = roi_align(imgs, rois, (size, size), sampling_ratio=-1, aligned=True)
+    def _score(imgs, boxes, inds, net, size: int, frame: tuple[int, int] | None = None,
+               origin: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, torch.Tensor]:
+        """R-net or O-net on the square boxes [k, >=4] of images `inds`: (box regression, face probability).
+
+        The library's crop step (detect_face.py: `pad`, then `imresample`): each box is clipped to the
+        frame (`frame` = (width, height), default the images'), pixels [x1 - 1, x2) are cut and
+        area-resized, one box at a time since the sizes differ. `imgs` may be a region of the frame
+        whose top-left corner is at `origin`. A box wholly outside the frame gets probability 0."""
+        width, height = frame or (imgs.shape[3], imgs.shape[2])
+        corners = boxes[:, :4].trunc().int().cpu()
+        x, y = corners[:, 0].clamp(min=1).tolist(), corners[:, 1].clamp(min=1).tolist()
+        ex, ey = corners[:, 2].clamp(max=width).tolist(), corners[:, 3].clamp(max=height).tolist()
+        inside = [y2 > y1 - 1 and x2 > x1 - 1 for x1, y1, x2, y2 in zip(x, y, ex, ey)]
+        ox, oy = origin
+        blank = imgs.new_zeros(1, imgs.shape[1], size, size)
+        crops = torch.cat([
+            F.interpolate(imgs[i:i + 1, :, y1 - 1 - oy:y2 - oy, x1 - 1 - ox:x2 - ox], size=(size, size), mode="area")
+            if keep else blank for i, x1, y1, x2, y2, keep in zip(inds.tolist(), x, y, ex, ey, inside)])
         out = net(((crops - 127.5) * 0.0078125).contiguous(memory_format=torch.channels_last))
-        return out[0], out[-1][:, 1]
+        return out[0], out[-1][:, 1] * torch.tensor(inside, device=crops.device)
 
     @torch.inference_mode()
     def track(self, image: np.ndarray, box: np.ndarray, motion: np.ndarray) -> tuple[np.ndarray, float, float]:
@@ -130,15 +142,14 @@ class FaceDetector:
         return found[0, :4].cpu().numpy().astype(np.float32), float(refined[0]), float(rnet_score[0])
 
     def _score_region(self, image: np.ndarray, squares: torch.Tensor, net, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """R-net or O-net on squares of one image; only the region they cover is converted (a few pixels wider
-        for the bilinear samples), and outside the frame is zero as when cropping the whole image."""
+        """R-net or O-net on squares of one image; only the region their clipped crops cover is converted."""
         h, w = image.shape[:2]
-        x0, y0 = (int(max(0, min(v, n - 1))) for v, n in ((squares[:, 0].min() - 3, w), (squares[:, 1].min() - 3, h)))
-        x1, y1 = (int(max(1, min(v, n))) for v, n in ((squares[:, 2].max() + 3, w), (squares[:, 3].max() + 3, h)))
+        corners = squares[:, :4].trunc()
+        x0, y0 = (int(max(0, min(v, n - 1))) for v, n in ((corners[:, 0].min() - 1, w), (corners[:, 1].min() - 1, h)))
+        x1, y1 = (int(max(1, min(v, n))) for v, n in ((corners[:, 2].max(), w), (corners[:, 3].max(), h)))
         region = torch.as_tensor(image[y0:y1, x0:x1], device=self.device).permute(2, 0, 1)[None].float()
-        offset = torch.tensor([x0, y0, x0, y0], dtype=torch.float32, device=self.device)
         inds = torch.zeros(len(squares), dtype=torch.long, device=self.device)
-        return self._score(region, squares[:, :4] - offset, inds, net, size)
+        return self._score(region, squares, inds, net, size, frame=(w, h), origin=(x0, y0))
 
     def _refine(self, imgs, boxes, inds, net, size: int, threshold: float):
         """R-net or O-net on the candidates (the library's stages 2 and 3); O-net ends with Min-NMS."""

@@ -1,10 +1,9 @@
 """The project's batched MTCNN against facenet-pytorch's own `MTCNN.detect` on real street frames.
 
-The project runs the library's networks and cascade but crops the R-net/O-net candidates its own way
-(one `roi_align` call, zero padding outside the frame) where the library clips each box to the frame
-and area-resizes the clipped pixels. Whether both find the same faces in the same places is measured
-here, on real faces: small ones as the pipeline sees them (frames downscaled to 640x360), larger ones
-at full resolution, and faces cut by the frame's edges.
+The project runs the library's networks, cascade and crop step (each box clipped to the frame, the
+clipped pixels area-resized) on batches of frames. Whether both find the same faces in the same places
+is measured here, on real faces: small ones as the pipeline sees them (frames downscaled to 640x360),
+larger ones at full resolution, and faces cut by the frame's edges.
 """
 from pathlib import Path
 
@@ -56,10 +55,6 @@ def test_the_fixture_has_several_faces_and_faces_cut_by_the_edge(detections):
     assert ((theirs[:, :2] < 0) | (theirs[:, 2:] > [width, height])).any()   # a box reaches past an edge
 
 
-# strict: once the crop step agrees with the library this passes, fails as XPASS, and the mark goes.
-@pytest.mark.xfail(strict=True, reason="measured: the roi_align crop step moves small and edge-cut faces "
-                   "(IoU down to 0.62) and finds one extra 'face' (a hand, p 0.91) on the edge-cut frame; with "
-                   "the library's crop step swapped into the same cascade, every box agrees at IoU 1.000")
 def test_same_faces_as_the_library(detections):
     problems = [f"{name}: {problem}" for name, (_, ours, theirs) in detections.items()
                 for problem in disagreement(ours, theirs)]

@@ -93,7 +93,8 @@ def test_ids_survive_crossing_and_gap_and_are_never_shared(tracked):
                 ids_of[who].append((f, int(person)))
     frames_a, frames_b = ({f for f, _ in ids_of[k]} for k in (0, 1))
     # the scene tests what it claims: both found before and after crossing; B before and after its gap
-    assert min(frames_a) <= 2 and max(frames_a) >= 27 and min(frames_b) <= 2
+    # (B, partly hidden at first, is detected at p 0.71-0.86 until frame 4: below the tracker's birth threshold)
+    assert min(frames_a) <= 2 and max(frames_a) >= 27 and min(frames_b) <= 4
     assert any(f in frames_b for f in range(16, 22)) and any(f >= 27 for f in frames_b)
     assert len(frames_a) >= 24 and len(frames_b) >= 18
     assert {p for _, p in ids_of[0]} == {0}, ids_of[0]       # A, further left, appeared first in the
