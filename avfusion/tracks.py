@@ -191,7 +191,6 @@ def pick_sides(tracks: list[TrackSummary]) -> dict[str, int]:
 
 # Everyone in a video as flat rows (`FaceTrackEmbedder.embed_people`): `time` [n] per decoded frame, and per
 # tracked face, in frame order, `frame` [m], `person` [m], `box` [m, 4] and any other per-face columns.
-PER_FRAME = ("time",)
 
 
 def people_summary(people: dict[str, np.ndarray]) -> list[TrackSummary]:
@@ -210,17 +209,15 @@ def trial_person(people: dict[str, np.ndarray], side: str = "") -> int | None:
 
 
 def person_rows(people: dict[str, np.ndarray], person: int | None) -> dict[str, np.ndarray]:
-    """One row per decoded frame for one person, as one-person extraction gives them: every per-face
-    column with zeros where they are not on screen, `valid`, and `person` (their id, -1 where absent)."""
+    """One row per decoded frame for one person, as one-person extraction gives them: `time`, `valid`,
+    every per-face column with zeros where they are not on screen, and `person` (-1 there)."""
     n = len(people["time"])
     mine = people["person"] == person
     frames = people["frame"][mine]
-    out = {name: people[name] for name in PER_FRAME}
-    for name, column in people.items():
-        if name not in PER_FRAME and name != "frame":
-            rows = np.full((n, *column.shape[1:]), -1 if name == "person" else 0, column.dtype)
-            rows[frames] = column[mine]
-            out[name] = rows
-    out["valid"] = np.zeros(n, bool)
+    out = {"time": people["time"], "valid": np.zeros(n, bool)}
     out["valid"][frames] = True
+    for name, column in people.items():
+        if name not in ("time", "frame"):
+            out[name] = np.full((n, *column.shape[1:]), -1 if name == "person" else 0, column.dtype)
+            out[name][frames] = column[mine]
     return out
