@@ -3,7 +3,6 @@ one decode, `avfusion predict --people all` and `--video-out`, on real encoded v
 (tests/test_tracks.py's scene: two faces that cross, one vanishing for 5 frames)."""
 from __future__ import annotations
 
-import csv
 
 import av
 import numpy as np
@@ -95,11 +94,12 @@ def test_one_person_output_unchanged_and_video_out(project, tmp_path):   # noqa:
     assert decoded_frames(str(mp4)) == decoded_frames(video)
 
 
-def run_visual(root, paths: dict, trials: list[dict], people: str, monkeypatch) -> tuple[FeatureReader, list[str]]:
+def run_visual(root, paths: dict, trials: list[dict], people: str, monkeypatch,
+               on_error: str = "fail") -> tuple[FeatureReader, list[str]]:
     """The visual stage in `root` on these trials; returns its stores and the files decoded."""
     params = {"visual": {"weights": "random", "seed": 0, "detect_size": 640, "min_face": 20, "margin": 20,
                          "detect_every": 1, "people": people, "batch_size": 8, "keep_pooled": False,
-                         "device": "cpu", "stores": 1, "workers": 1}}
+                         "device": "cpu", "stores": 1, "workers": 1, "on_error": on_error}}
     (root / "data" / "weights").mkdir(parents=True)
     torch.save(random_state_dict(0), root / "data" / "weights" / "visual.pt")
     (root / "params.yaml").write_text(yaml.safe_dump(params))
@@ -119,7 +119,9 @@ def run_visual(root, paths: dict, trials: list[dict], people: str, monkeypatch) 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> dict[str, str]:
     media = tmp_path_factory.mktemp("media")
-    return {"two": encode_video(media / "two.mp4", draw(side_by_side()), fps=FPS),
+    (media / "broken.mp4").write_bytes(b"not a video")
+    return {"broken": str(media / "broken.mp4"),
+            "two": encode_video(media / "two.mp4", draw(side_by_side()), fps=FPS),
             "crossing": encode_video(media / "crossing.mp4", draw(scene()[:12]), fps=FPS)}
 
 
@@ -145,7 +147,9 @@ def test_left_and_right_trials_share_one_decode(tmp_path, videos, monkeypatch, p
 
 
 def test_people_all_store_holds_everyone_and_one_row_per_frame(tmp_path, videos, monkeypatch):
-    reader, _ = run_visual(tmp_path, videos, [{"video_id": "cross", "file": "crossing"}], "all", monkeypatch)
+    reader, _ = run_visual(tmp_path, videos, [{"video_id": "broken", "file": "broken"},
+                                              {"video_id": "cross", "file": "crossing"}], "all", monkeypatch, "skip")
+    assert reader.length("broken") == 0 and all(len(v) == 0 for v in reader.row_set("broken", "people").values())
     rows = reader.rows("cross", columns=("embedding", "valid", "frame", "person", "box"))
     n = 12
     assert reader.length("cross") == n and rows["frame"].tolist() == list(range(n))   # training's rows
