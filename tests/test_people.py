@@ -3,7 +3,6 @@ one decode, `avfusion predict --people all` and `--video-out`, on real encoded v
 (tests/test_tracks.py's scene: two faces that cross, one vanishing for 5 frames)."""
 from __future__ import annotations
 
-
 import av
 import numpy as np
 import pytest
