@@ -14,21 +14,34 @@ DESCRIPTION = "Audio-visual valence/arousal prediction with models trained by th
 def _predict(args: argparse.Namespace) -> None:
     # Fail on a bad video or output path at once, before torch, the models and the extraction load.
     probe(args.video)
-    _check_out(args.out, args.plot)
+    _check_out(args.out, args.plot, args.video_out)
     # Imported only now: torch and the extractors take seconds to load.
-    from avfusion.plots import plot_prediction
-    from avfusion.predict import Predictor, write_atomically, write_csv
+    from avfusion.plots import plot_people, plot_prediction
+    from avfusion.predict import Predictor, overlay_people, write_atomically, write_csv, write_people_csv
 
     predictor = Predictor(args.model, args.weights, args.device)
     if predictor.warning:
         print(f"avfusion {args.command}: warning: {predictor.warning}", file=sys.stderr)
-    result = predictor.predict(args.video, args.smooth_valence, args.smooth_arousal)
-    write_atomically(args.out, lambda tmp: write_csv(tmp, result))
-    if args.plot:
-        write_atomically(args.plot, lambda tmp: plot_prediction(
-            result["time"], result["pred"], result["face"], result["audio"], tmp, os.path.basename(args.video)))
-    print(f"{args.out}: {len(result['time'])} frames (face in {result['face'].mean():.0%}, "
-          f"audio in {result['audio'].mean():.0%})", file=sys.stderr)
+    title = os.path.basename(args.video)
+    if args.people == "all":
+        result = predictor.predict_people(args.video, args.smooth_valence, args.smooth_arousal)
+        write_atomically(args.out, lambda tmp: write_people_csv(tmp, result))
+        if args.plot:
+            write_atomically(args.plot, lambda tmp: plot_people(result["time"], result["people"], result["audio"],
+                                                                tmp, title))
+        summary = f"{len(result['people'])} people"
+    else:
+        result = predictor.predict(args.video, args.smooth_valence, args.smooth_arousal)
+        write_atomically(args.out, lambda tmp: write_csv(tmp, result))
+        if args.plot:
+            write_atomically(args.plot, lambda tmp: plot_prediction(
+                result["time"], result["pred"], result["face"], result["audio"], tmp, title))
+        summary = f"face in {result['face'].mean():.0%}"
+    if args.video_out:
+        from avfusion.overlay import write_overlay
+        write_overlay(args.video, args.video_out, overlay_people(result))
+    print(f"{args.out}: {len(result['time'])} frames ({summary}, audio in {result['audio'].mean():.0%})",
+          file=sys.stderr)
 
 
 def _check_out(*paths: str | None) -> None:
@@ -71,7 +84,12 @@ def parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     p.add_argument("--weights", help="directory with the extractors' visual.pt and audio.h5 "
                                      "(default: the model's project's data/weights)")
-    p.add_argument("--plot", help="also draw the curves into this PNG")
+    p.add_argument("--plot", help="also draw the curves into this PNG (with --people all: one panel per person)")
+    p.add_argument("--people", choices=("one", "all"), default="one",
+                   help="one: the main face (default); all: every tracked face, one CSV row per frame per "
+                        "person: frame,time,person,valence,arousal,face,audio,x,y,w,h (box in pixels)")
+    p.add_argument("--video-out", metavar="FILE.mp4",
+                   help="also write the video with each face's box, id and valence/arousal gauges, and its audio")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
     p.add_argument("--smooth-valence", type=int, default=0, metavar="FRAMES", help="moving average (0 = off)")
     p.add_argument("--smooth-arousal", type=int, default=0, metavar="FRAMES", help="moving average (0 = off)")

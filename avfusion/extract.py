@@ -65,9 +65,10 @@ class Extractor:
     version: str                       # provenance "extractor": bump it when the code changes stored values
     weights: str | None = None         # the weight file, whose SHA-256 goes into the provenance
     output_params: tuple[str, ...] = ()  # params keys that change stored values (dvc.yaml lists them too)
-    per_file = False                   # rows depend on the media file only, not on the trial's person:
-                                       # trials of one file then share one extraction
+    per_file = False                   # trials of one file share one extraction (`file_rows`), each
+                                       # taking its rows from it (`trial_rows`)
     loaded = False                     # set by the runner once `load` ran
+    row_sets: dict[str, dict[str, tuple[tuple[int, ...], str]]] = {}   # rows not one per frame (store.py)
 
     def __init__(self, params: dict, device: str):
         self.params, self.device = params, device
@@ -82,6 +83,14 @@ class Extractor:
         """One manifest row's features, one row per decoded frame: `embedding`, `valid`, `time` and
         the extra `columns` (the runner adds `frame`). Raises MediaError for bad input."""
         raise NotImplementedError
+
+    def file_rows(self, video: dict) -> dict:
+        """What the trials of one media file share (`per_file`): by default the rows themselves."""
+        return self.rows(video)
+
+    def trial_rows(self, shared: dict, video: dict) -> dict[str, np.ndarray]:
+        """One trial's rows from its file's `file_rows`."""
+        return shared
 
     def provenance(self) -> dict:
         """What the stored values depend on besides the videos; a store resumes only when it is equal."""
@@ -188,8 +197,10 @@ def skip_video(writer: StoreWriter, video: dict, error: MediaError) -> None:
     skipped = dict(writer.group.attrs.get("skipped", {}))
     skipped[video["video_id"]] = {"path": video["path"], "problem": str(error)}
     writer.group.attrs["skipped"] = skipped
-    writer.append(video["video_id"], **{name: np.zeros((0, *tail), dtype)
-                                        for name, (tail, dtype) in writer.columns.items() if name != "video"})
+    empty = lambda columns: {name: np.zeros((0, *tail), dtype) for name, (tail, dtype) in columns.items()   # noqa: E731
+                             if name != "video"}
+    writer.append(video["video_id"], **empty(writer.columns),
+                  **{name: empty(columns) for name, columns in writer.row_sets.items()})
 
 
 def write_skip_report(directory: str, stores: int, path: str) -> list[dict]:
@@ -215,7 +226,7 @@ def write_store(job: Job, extractor: Extractor, bucket: int, videos: Videos) -> 
     # The manifest's SHA-256 of each video: a store whose videos changed is rebuilt, not resumed.
     provenance = {**job.provenance, "videos_sha256": {v["video_id"]: v["sha256"] for v in videos}}
     writer = StoreWriter(store_path(job.out_dir, bucket), extractor.dim, provenance, videos.ids,
-                         extractor.columns)
+                         extractor.columns, extractor.row_sets)
     done = set(writer.committed)
     todo = [v for v in videos if v["video_id"] not in done]
     if not todo:
@@ -233,14 +244,15 @@ def write_store(job: Job, extractor: Extractor, bucket: int, videos: Videos) -> 
             media = video["media"]
             uses[media] -= 1
             try:
-                rows = shared.pop(media) if media in shared else extractor.rows(video)
+                extracted = shared.pop(media) if media in shared else extractor.file_rows(video)
             except MediaError as exc:
                 if not skip:
                     raise
                 skip_video(writer, video, exc)
                 continue
             if extractor.per_file and uses[media]:
-                shared[media] = rows
+                shared[media] = extracted
+            rows = extractor.trial_rows(extracted, video)
             n = len(rows["time"])
             writer.append(video["video_id"], frame=np.arange(n), **rows)
             frames += n

@@ -29,7 +29,8 @@ from facenet_pytorch.models.mtcnn import ONet, PNet, RNet
 from facenet_pytorch.models.utils.detect_face import batched_nms_numpy, bbreg, generateBoundingBox, rerec
 from torchvision.ops import batched_nms, box_iou
 
-from avfusion.media import decode_video
+from avfusion.media import decode_video, probe
+from avfusion.tracks import MAX_GAP, PeopleTracker, appearance, gap_frames
 
 EMBEDDING_DIM = 512
 POOLED_DIM = 1792
@@ -376,4 +377,44 @@ class FaceTrackEmbedder:
         }
         if self.keep_pooled:
             out["pooled"] = np.concatenate(pooled) if n else np.zeros((0, POOLED_DIM), np.float32)
+        return out
+
+    def embed_people(self, path: str) -> dict[str, np.ndarray]:
+        """Everyone in every decoded frame (`visual.people: all`, Aff-Wild2 `_left` / `_right`): the
+        full cascade on every frame (`detect_every` does not apply: O-net tracking follows one face),
+        ids from `PeopleTracker` (box overlap, then `appearance` for re-identification), and every
+        tracked face cropped and embedded. Returns `time` [n] per decoded frame and, per tracked face in
+        frame order (then by id), `frame` [m], `person` [m], `box` [m, 4] (full-resolution pixels),
+        `prob` [m], `embedding` [m, 512] and, with `keep_pooled`, `pooled` [m, 1792]. Raises MediaError."""
+        fps = probe(path).fps
+        tracker = PeopleTracker(max_gap=gap_frames(fps) if fps > 0 else MAX_GAP)
+        times, frames, persons, boxes, probs, embeddings, pooled = [], [], [], [], [], [], []
+        stream = _prefetch(self._frames(path), depth=self.batch_size)
+        while batch := [item for _, item in zip(range(self.batch_size), stream)]:
+            crops = []
+            for (t, full, _, scale), (found, found_probs) in zip(batch, self._detect([b[2] for b in batch])):
+                found = found * scale
+                ids = tracker.update(found, found_probs, appearance(full, found))
+                for d in sorted(np.flatnonzero(ids >= 0), key=lambda d: ids[d]):
+                    frames.append(len(times))
+                    persons.append(ids[d])
+                    boxes.append(found[d])
+                    probs.append(found_probs[d])
+                    crops.append(crop_face(full, found[d], self.margin))
+                times.append(t)
+            for i in range(0, len(crops), self.batch_size):     # a crowd: many faces per frame
+                embedding, pool = self._embed(crops[i:i + self.batch_size])
+                embeddings.append(embedding.numpy())
+                pooled.append(pool.numpy())
+        m = len(frames)
+        out = {
+            "time": np.asarray(times, np.float64),
+            "frame": np.asarray(frames, np.int32).reshape(m),
+            "person": np.asarray(persons, np.int32).reshape(m),
+            "box": np.asarray(boxes, np.float32).reshape(m, 4),
+            "prob": np.asarray(probs, np.float32).reshape(m),
+            "embedding": np.concatenate(embeddings) if m else np.zeros((0, EMBEDDING_DIM), np.float32),
+        }
+        if self.keep_pooled:
+            out["pooled"] = np.concatenate(pooled) if m else np.zeros((0, POOLED_DIM), np.float32)
         return out

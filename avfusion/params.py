@@ -127,6 +127,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "batch_size": integer(ge=1),
         "keep_pooled": boolean(),
         "detect_every": integer(ge=1),
+        "people": one_of("one", "all", default="one"),   # all: every tracked face (docs/design.md §4.2)
         "device": DEVICE,
         "stores": integer(ge=1),
         "workers": integer(ge=1),

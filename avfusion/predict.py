@@ -24,10 +24,12 @@ from avfusion.evaluate import fold_dirs, merge_folds, postprocess
 from avfusion.faces import FaceTrackEmbedder
 from avfusion.params import resolve_device
 from avfusion.store import file_sha256
+from avfusion.tracks import people_summary, person_rows
 from avfusion.train import load_model
 from avfusion.windows import predict_video
 
 COLUMNS = ["frame", "time", "valence", "arousal", "face", "audio"]
+PEOPLE_COLUMNS = ["frame", "time", "person", "valence", "arousal", "face", "audio", "x", "y", "w", "h"]
 HOW_TO_TRAIN = ("to train a real model, set visual.weights: vggface2 and audio.weights: env in params.yaml, "
                 "point data.source and data.root at your dataset, and run `dvc repro`")
 
@@ -102,10 +104,31 @@ class Predictor:
         if len(face["time"]) == 0:
             raise MediaError(f"{path}: no decodable video frames")
         voice, voice_valid = self.voice.embed_video(path, face["time"])
+        pred = self._valence_arousal(face, voice, voice_valid, smooth_valence, smooth_arousal)
+        return {"time": face["time"], "pred": pred, "face": face["valid"], "audio": voice_valid, "box": face["box"]}
+
+    def predict_people(self, path: str, smooth_valence: int = 0, smooth_arousal: int = 0) -> dict:
+        """Everyone tracked in the video (avfusion/tracks.py): per decoded frame `time` and `audio`
+        presence (the voice is shared by everyone); `people`, longest on screen first, each with its
+        `person` id and per frame `pred` [n, 2], `face` (on screen) and `box` [n, 4] (pixels of the
+        original frame). A person's curve is predicted over the whole video, as a trial's is, so the
+        model sees the same windows as in training. Raises MediaError."""
+        everyone = self.faces.embed_people(path)
+        if len(everyone["time"]) == 0:
+            raise MediaError(f"{path}: no decodable video frames")
+        voice, voice_valid = self.voice.embed_video(path, everyone["time"])
+        people = []
+        for track in people_summary(everyone):
+            rows = person_rows(everyone, track.person)
+            people.append({"person": track.person, "face": rows["valid"], "box": rows["box"],
+                           "pred": self._valence_arousal(rows, voice, voice_valid, smooth_valence, smooth_arousal)})
+        return {"time": everyone["time"], "audio": voice_valid, "people": people}
+
+    def _valence_arousal(self, face: dict, voice: np.ndarray, voice_valid: np.ndarray,
+                         smooth_valence: int, smooth_arousal: int) -> np.ndarray:
         folds = [predict_video(model, face["embedding"], face["valid"], voice, voice_valid,
                                config["window"], config["hop"], self.device) for model, config in self.models]
-        pred = postprocess(merge_folds(folds), True, smooth_valence, smooth_arousal)
-        return {"time": face["time"], "pred": pred, "face": face["valid"], "audio": voice_valid}
+        return postprocess(merge_folds(folds), True, smooth_valence, smooth_arousal)
 
 
 def write_atomically(path: str, write) -> None:
@@ -128,3 +151,23 @@ def write_csv(path: str, result: dict[str, np.ndarray]) -> None:
         for i, (t, (v, a), face, voice) in enumerate(zip(result["time"], result["pred"], result["face"],
                                                          result["audio"])):
             writer.writerow([i, f"{t:.4f}", f"{v:.6f}", f"{a:.6f}", int(face), int(voice)])
+
+
+def write_people_csv(path: str, result: dict) -> None:
+    """One row per frame per person on screen, by frame then person; the box as x, y (top left), w, h."""
+    rows = [(f, p["person"], p) for p in result["people"] for f in np.flatnonzero(p["face"])]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(PEOPLE_COLUMNS)
+        for frame, person, p in sorted(rows, key=lambda r: (r[0], r[1])):
+            (v, a), (x1, y1, x2, y2) = p["pred"][frame], p["box"][frame]
+            writer.writerow([frame, f"{result['time'][frame]:.4f}", person, f"{v:.6f}", f"{a:.6f}", 1,
+                             int(result["audio"][frame]), f"{x1:.1f}", f"{y1:.1f}", f"{x2 - x1:.1f}", f"{y2 - y1:.1f}"])
+
+
+def overlay_people(result: dict) -> list[list[tuple]]:
+    """Per decoded frame, what `overlay.write_overlay` draws: (id, box, valence, arousal) of each face on
+    screen; a one-person result (`predict`) is person 0."""
+    people = result.get("people") or [{"person": 0, "face": result["face"], "box": result["box"], "pred": result["pred"]}]
+    return [[(p["person"], p["box"][f], *p["pred"][f]) for p in people if p["face"][f]]
+            for f in range(len(result["time"]))]

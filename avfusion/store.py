@@ -8,6 +8,8 @@ Layout of `<dir>/store-XX.zarr`:
     valid     [N]    bool        frame [N] int32 (0-based index of the decoded frame)
     time      [N]    float64     ...extra per-row columns of an extractor (e.g. box [N, 4])
     attrs: provenance (extractor, params, weights hash), videos, offsets (the commit record)
+    <set>/...  optional row sets: subgroups of flat arrays not one row per frame (e.g. `people`: one row
+               per tracked face), each with its own `video` column and `<set>_offsets` in the commit record
 
 One writer per store. A video is committed when its rows are written and then `videos`/`offsets` are
 updated; an interrupted run drops uncommitted rows and resumes after the last committed video, ending
@@ -60,12 +62,16 @@ class StoreWriter:
     `columns` maps extra per-row column names to (trailing shape, dtype), e.g. {"box": ((4,), "float32")}.
     `plan` is the ordered list of video ids this store will hold; committed videos must be a prefix
     of it, else the store is stale (the manifest changed) and is rebuilt.
+    `row_sets` maps a subgroup name to its columns (as `columns`; a `video` column is added): rows of
+    a video that are not one per frame. They are written with the video's rows and committed with them.
     """
 
     def __init__(self, path: str, dim: int, provenance: dict, plan: list[str],
-                 columns: dict[str, tuple[tuple[int, ...], str]] | None = None):
+                 columns: dict[str, tuple[tuple[int, ...], str]] | None = None,
+                 row_sets: dict[str, dict[str, tuple[tuple[int, ...], str]]] | None = None):
         self.path = path
         self.columns = {"embedding": ((dim,), "float32"), **BASE_COLUMNS, **(columns or {})}
+        self.row_sets = {name: {**cols, "video": ((), "int32")} for name, cols in (row_sets or {}).items()}
         provenance = {"format": FORMAT, **provenance}
         if os.path.exists(path) and not self._resumable(provenance, plan):
             shutil.rmtree(path)
@@ -73,18 +79,14 @@ class StoreWriter:
             self.group = zarr.open_group(path, mode="r+")
             for tmp in glob.glob(os.path.join(path, "**", "*.partial"), recursive=True):
                 os.remove(tmp)   # a write cut off by a kill; zarr renames only complete files
-            self._truncate(self.group.attrs["offsets"][-1])
+            self._truncate()
         else:
             self.group = zarr.open_group(path, mode="w")
-            for name, (tail, dtype) in self.columns.items():
-                self.group.create_array(
-                    name, shape=(0, *tail), dtype=dtype, fill_value=0,
-                    chunks=(ROWS_PER_CHUNK if tail else 4096, *tail),
-                    shards=(ROWS_PER_SHARD if tail else 1 << 20, *tail),
-                    # Embeddings barely compress (5.9 -> 5.3 MB on the demo) and raw chunks can be
-                    # memory-mapped (RawShardReader); the small columns compress well.
-                    compressors=None if tail else ZstdCodec(level=3))
-            self.group.attrs.update({"provenance": provenance, "videos": [], "offsets": [0]})
+            _create_arrays(self.group, self.columns)
+            for name, cols in self.row_sets.items():
+                _create_arrays(self.group.create_group(name), cols)
+            self.group.attrs.update({"provenance": provenance, "videos": [], "offsets": [0],
+                                     **{f"{name}_offsets": [0] for name in self.row_sets}})
 
     def _resumable(self, provenance: dict, plan: list[str]) -> bool:
         try:
@@ -94,33 +96,61 @@ class StoreWriter:
         except Exception:   # unreadable leftovers: rebuild
             return False
 
-    def _truncate(self, rows: int) -> None:
-        for name, (tail, _) in self.columns.items():
-            self.group[name].resize((rows, *tail))
+    def _truncate(self) -> None:
+        for group, columns, offsets in self._groups():
+            for name, (tail, _) in columns.items():
+                group[name].resize((offsets[-1], *tail))
+
+    def _groups(self):
+        """(group, columns, committed offsets) of the per-frame rows and of each row set."""
+        yield self.group, self.columns, self.group.attrs["offsets"]
+        for name, columns in self.row_sets.items():
+            yield self.group[name], columns, self.group.attrs[f"{name}_offsets"]
 
     @property
     def committed(self) -> list[str]:
         return list(self.group.attrs["videos"])
 
-    def append(self, video_id: str, **rows: np.ndarray) -> None:
-        """Write one whole video's rows, then commit it. Every column must be given, same length."""
-        missing = set(self.columns) - {"video"} - set(rows)
-        if missing:
-            raise ValueError(f"{video_id}: missing columns {sorted(missing)}")
-        n = len(rows["embedding"])
-        videos, offsets = self.committed, list(self.group.attrs["offsets"])
-        start = offsets[-1]
-        rows = {**rows, "video": np.full(n, len(videos), np.int32)}
-        for name, (tail, dtype) in self.columns.items():
-            data = np.asarray(rows[name], dtype=dtype)
-            if data.shape != (n, *tail):
-                raise ValueError(f"{video_id}: column {name} has shape {data.shape}, expected {(n, *tail)}")
-            array = self.group[name]
-            array.resize((start + n, *tail))
-            if n:
-                array[start:start + n] = data
+    def append(self, video_id: str, **rows) -> None:
+        """Write one whole video's rows, then commit it. Every column must be given, same length; each
+        row set's rows come as one argument, a dict of its columns."""
+        index = len(self.committed)
+        ends = {"offsets": _write_rows(self.group, self.columns, rows, index, self.group.attrs["offsets"][-1], video_id)}
+        for name, columns in self.row_sets.items():
+            ends[f"{name}_offsets"] = _write_rows(self.group[name], columns, rows[name], index,
+                                                  self.group.attrs[f"{name}_offsets"][-1], f"{video_id} {name}")
         # The commit point: readers and resumes only trust rows listed here.
-        self.group.attrs.update({"videos": videos + [video_id], "offsets": offsets + [start + n]})
+        self.group.attrs.update({"videos": self.committed + [video_id],
+                                 **{key: list(self.group.attrs[key]) + [end] for key, end in ends.items()}})
+
+
+def _create_arrays(group: zarr.Group, columns: dict[str, tuple[tuple[int, ...], str]]) -> None:
+    for name, (tail, dtype) in columns.items():
+        group.create_array(
+            name, shape=(0, *tail), dtype=dtype, fill_value=0,
+            chunks=(ROWS_PER_CHUNK if tail else 4096, *tail),
+            shards=(ROWS_PER_SHARD if tail else 1 << 20, *tail),
+            # Embeddings barely compress (5.9 -> 5.3 MB on the demo) and raw chunks can be
+            # memory-mapped (RawShardReader); the small columns compress well.
+            compressors=None if tail else ZstdCodec(level=3))
+
+
+def _write_rows(group: zarr.Group, columns: dict, rows: dict, video: int, start: int, what: str) -> int:
+    """Write `rows` (every column but `video`, same length) at row `start`; returns the end row."""
+    missing = set(columns) - {"video"} - set(rows)
+    if missing:
+        raise ValueError(f"{what}: missing columns {sorted(missing)}")
+    n = len(next(rows[name] for name in columns if name != "video"))
+    rows = {**rows, "video": np.full(n, video, np.int32)}
+    for name, (tail, dtype) in columns.items():
+        data = np.asarray(rows[name], dtype=dtype)
+        if data.shape != (n, *tail):
+            raise ValueError(f"{what}: column {name} has shape {data.shape}, expected {(n, *tail)}")
+        array = group[name]
+        array.resize((start + n, *tail))
+        if n:
+            array[start:start + n] = data
+    return start + n
 
 
 @dataclass
@@ -239,6 +269,15 @@ class FeatureReader:
         memory, raw, arrays = self.in_memory[s], self.raw[s], self.arrays[s]
         return VideoRows(video_id, {c: memory[c][a:b].copy() if c in memory else
                                     raw[c].read(a, b) if c in raw else arrays[c][a:b] for c in columns})
+
+    def row_set(self, video_id: str, name: str) -> dict[str, np.ndarray]:
+        """Every column of one video's rows in row set `name` (e.g. `people`)."""
+        if video_id not in self.index:
+            raise KeyError(f"{video_id}: not in the feature stores under {self.directory}")
+        group = self.groups[self.index[video_id][0]]
+        i = list(group.attrs["videos"]).index(video_id)
+        a, b = group.attrs[f"{name}_offsets"][i:i + 2]
+        return {c: array[a:b] for c, array in group[name].arrays() if c != "video"}
 
     def length(self, video_id: str) -> int:
         _, lo, hi = self.index[video_id]

@@ -187,3 +187,37 @@ def pick_sides(tracks: list[TrackSummary]) -> dict[str, int]:
     longest = sorted(tracks, key=lambda s: (-s.frames, s.person))[:2]
     by_x = sorted(longest, key=lambda s: s.mean_x)
     return {"left": by_x[0].person, "right": by_x[-1].person}
+
+
+# Everyone in a video as flat rows (`FaceTrackEmbedder.embed_people`): `time` [n] per decoded frame, and per
+# tracked face, in frame order, `frame` [m], `person` [m], `box` [m, 4] and any other per-face columns.
+
+
+def people_summary(people: dict[str, np.ndarray]) -> list[TrackSummary]:
+    """`summary` of flat per-face rows."""
+    bounds = np.searchsorted(people["frame"], np.arange(len(people["time"]) + 1))
+    return summary(np.split(people["person"], bounds[1:-1]), np.split(people["box"], bounds[1:-1]))
+
+
+def trial_person(people: dict[str, np.ndarray], side: str = "") -> int | None:
+    """The person a trial follows: the left- or right-hand one of the two longest tracks for an
+    Aff-Wild2 `_left` / `_right` trial (`pick_sides`), else the longest on screen; None without faces."""
+    tracks = people_summary(people)
+    if not tracks:
+        return None
+    return pick_sides(tracks)[side] if side else tracks[0].person
+
+
+def person_rows(people: dict[str, np.ndarray], person: int | None) -> dict[str, np.ndarray]:
+    """One row per decoded frame for one person, as one-person extraction gives them: `time`, `valid`,
+    every per-face column with zeros where they are not on screen, and `person` (-1 there)."""
+    n = len(people["time"])
+    mine = people["person"] == person
+    frames = people["frame"][mine]
+    out = {"time": people["time"], "valid": np.zeros(n, bool)}
+    out["valid"][frames] = True
+    for name, column in people.items():
+        if name not in ("time", "frame"):
+            out[name] = np.full((n, *column.shape[1:]), -1 if name == "person" else 0, column.dtype)
+            out[name][frames] = column[mine]
+    return out

@@ -143,3 +143,34 @@ def test_memory_mapped_reads_match_zarr(tmp_path):
             np.testing.assert_array_equal(reader.rows(vid, columns=("embedding",), start=a, stop=b)["embedding"],
                                           group["embedding"][lo + a:lo + b])
     assert store.RawShardReader.supports(group["embedding"]) and not store.RawShardReader.supports(group["valid"])
+
+
+PEOPLE = {"person": ((), "int32"), "box": ((4,), "float32")}
+
+
+def people_rows(i: int) -> dict:
+    """A row set's rows for video i: 3 + i rows (not one per frame)."""
+    return {"person": np.arange(3 + i) % 2, "box": np.full((3 + i, 4), i, np.float32)}
+
+
+def test_row_set_committed_with_its_video_and_truncated_on_resume(tmp_path):
+    path = store_path(str(tmp_path / "s"), 0)
+    writer = StoreWriter(path, 8, {"extractor": "test"}, PLAN, columns={"box": ((4,), "float32")}, row_sets={"people": PEOPLE})
+    for i in range(2):
+        writer.append(PLAN[i], **video_rows(i), people=people_rows(i))
+    # a kill during video 2: its row-set rows are written, the commit record is not
+    writer.group["people"]["person"].resize((3 + 4 + 5,))
+    writer.group["people"]["person"][7:] = 9
+    writer = StoreWriter(path, 8, {"extractor": "test"}, PLAN, columns={"box": ((4,), "float32")}, row_sets={"people": PEOPLE})
+    assert writer.group["people"]["person"].shape == (7,)
+    writer.append(PLAN[2], **video_rows(2), people=people_rows(2))
+    reader = FeatureReader(str(tmp_path / "s"))
+    assert "people" not in reader.arrays[0]                  # per-frame readers see only per-frame arrays
+    for i, vid in enumerate(PLAN):
+        rows = reader.row_set(vid, "people")
+        assert set(rows) == {"person", "box"}
+        np.testing.assert_array_equal(rows["person"], people_rows(i)["person"])
+        np.testing.assert_array_equal(rows["box"], people_rows(i)["box"])
+        assert reader.length(vid) == len(video_rows(i)["time"])
+    with pytest.raises(ValueError, match="people"):
+        writer.append("v3", **video_rows(0), people={"person": np.zeros(2)})

@@ -128,13 +128,13 @@ def run_stage(root, monkeypatch, fail_on: str | None = None) -> None:
     """The stage in `root`; with `fail_on`, it dies when that video comes up (a killed run)."""
     monkeypatch.chdir(root)
     if fail_on:
-        original = FaceTrackEmbedder.embed_video
+        original = visual.FaceNetExtractor.file_rows
 
-        def dying(self, path, person=""):
-            if fail_on in path:
+        def dying(self, video):
+            if fail_on in video["path"]:
                 raise KeyboardInterrupt
-            return original(self, path, person)
-        monkeypatch.setattr(FaceTrackEmbedder, "embed_video", dying)
+            return original(self, video)
+        monkeypatch.setattr(visual.FaceNetExtractor, "file_rows", dying)
     try:
         visual_stage.main()
     finally:

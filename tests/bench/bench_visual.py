@@ -2,6 +2,7 @@
 
     python tests/bench/bench_visual.py --video PATH [--naive]
     python tests/bench/bench_visual.py --video PATH --track K [--reps 3]
+    python tests/bench/bench_visual.py --video PATH --people [--reps 3] [--threads 2]
 
 PATH: a real 1080p clip with faces (a street scene with several people suits).
 
@@ -14,6 +15,12 @@ seconds), face-present agreement, the mean cosine similarity of the embeddings w
 (also after subtracting each clip's mean embedding: seeded random weights map every face close to
 one direction), the boxes' IoU and the share of frames that ran the full cascade; merged into
 reports/bench.json under `detect_and_track` (other keys kept).
+
+`--people` compares `visual.people: all` (every face tracked and embedded, `embed_people`) with the
+default one-person extraction (`embed_video`, detection on every frame), side by side on the clip
+(alternating within every repetition): frames/s of both (medians), their ratio, CPU seconds per frame,
+tracks and faces embedded per frame; merged into reports/bench.json under `people_all_vs_one`, with
+`uptime`'s load averages before and after (other processes share the cores).
 
 The 640p input is the same clip re-encoded (H.264) at 640x360. `--naive` also times the plain library
 use the design warns about (MTCNN on the full frame, one frame at a time, then InceptionResnetV1).
@@ -230,6 +237,43 @@ def compare_tracking(video: str, detect_every: int, reps: int, out: str) -> None
     print(json.dumps(result["metrics"], indent=1), f"\nwrote detect_and_track into {out}")
 
 
+def compare_people(video: str, reps: int, out: str) -> None:
+    from avfusion.tracks import people_summary
+    embedder = FaceTrackEmbedder(random_state_dict(0), "cpu")
+    runs = {"one": lambda: embedder.embed_video(video), "all": lambda: embedder.embed_people(video)}
+    result = {"video": os.path.basename(video), "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+              "reps": reps, "uptime_before": os.popen("uptime").read().strip(),
+              "weights": "seeded random (speed does not depend on the values)", "detect_every_one": embedder.detect_every}
+    with tempfile.TemporaryDirectory() as tmp:
+        embedder.embed_video(drawn_clip(os.path.join(tmp, "warm.mp4"), frames=8))   # warm-up (allocations, kernels)
+    samples: dict[str, list[tuple[float, float]]] = {"one": [], "all": []}
+    for rep in range(reps):
+        for mode in ("one", "all") if rep % 2 == 0 else ("all", "one"):
+            began, cpu = time.perf_counter(), time.process_time()
+            rows = runs[mode]()
+            samples[mode].append((time.perf_counter() - began, time.process_time() - cpu))
+            print(rep, mode, round(samples[mode][-1][0], 1), "s", flush=True)
+            if mode == "all":
+                everyone = rows
+    frames = len(everyone["time"])
+    fps = {mode: [frames / wall for wall, _ in samples[mode]] for mode in samples}
+    result.update({
+        "frames": frames,
+        "tracks": len(people_summary(everyone)),
+        "faces_embedded_per_frame_all": round(len(everyone["person"]) / frames, 2),
+        **{f"{mode}_frames_per_s": [round(x, 3) for x in fps[mode]] for mode in fps},
+        **{f"median_{mode}_frames_per_s": round(float(np.median(fps[mode])), 3) for mode in fps},
+        **{f"cpu_seconds_per_frame_{mode}": round(float(np.median([c for _, c in samples[mode]])) / frames, 3)
+           for mode in samples},
+        "all_vs_one_speed": round(float(np.median(fps["all"]) / np.median(fps["one"])), 3),
+        # the two runs of one repetition ran back to back: their ratio sees nearly the same load
+        "all_vs_one_paired_speed": round(float(np.median(np.divide(fps["all"], fps["one"]))), 3),
+        "uptime_after": os.popen("uptime").read().strip(),
+    })
+    merge_into_report(out, "people_all_vs_one", result)
+    print(json.dumps(result, indent=1), f"\nwrote people_all_vs_one into {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--video", help="a real 1080p clip with faces (without one there is nothing to measure)")
@@ -239,13 +283,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--out", default=None, help="default: reports/bench_visual.json (reports/bench.json with --track)")
     parser.add_argument("--track", type=int, metavar="K", help="compare detect_every K with detection on every frame")
-    parser.add_argument("--reps", type=int, default=3, help="repetitions with --track")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions with --track or --people")
+    parser.add_argument("--people", action="store_true", help="compare visual.people: all with one")
     args = parser.parse_args()
     if not (args.video and os.path.isfile(args.video)):
         sys.exit(f"bench_visual: skipped: --video {args.video or 'PATH'} is not a file (it needs a real 1080p clip "
                  "with faces)")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.people:
+        compare_people(args.video, args.reps, args.out or "reports/bench.json")
+        return
     if args.track:
         compare_tracking(args.video, args.track, args.reps, args.out or "reports/bench.json")
         return
