@@ -169,14 +169,13 @@ class FaceDetector:
 
 
 class FaceTracker:
-    """Follows one person: the largest central face (or the left-/right-most one) at the start,
-    then the detection overlapping the last box; after PATIENCE frames unmatched, picks again."""
+    """Follows one person: the largest central face at the start, then the detection overlapping the
+    last box; after PATIENCE frames unmatched, picks again. (`_left`/`_right` trials follow the
+    multi-person tracker's tracks instead: avfusion/tracks.py.)"""
 
-    def __init__(self, width: int, height: int, person: str = ""):
-        if person not in ("", "left", "right"):
-            raise ValueError(f"person must be '', 'left' or 'right', not {person!r}")
+    def __init__(self, width: int, height: int):
         self.center = np.array([width / 2, height / 2], np.float32)
-        self.person, self.last, self.missed = person, None, 0
+        self.last, self.missed = None, 0
         self.motion = np.zeros(4, np.float32)   # box change since the frame before, while followed
 
     @property
@@ -186,10 +185,6 @@ class FaceTracker:
 
     def _pick(self, boxes: np.ndarray) -> int:
         centers = (boxes[:, :2] + boxes[:, 2:]) / 2
-        if self.person == "left":
-            return int(np.argmin(centers[:, 0]))
-        if self.person == "right":
-            return int(np.argmax(centers[:, 0]))
         area = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
         offcenter = np.linalg.norm(centers - self.center, axis=1) / np.linalg.norm(self.center)
         return int(np.argmax(area * (1 - 0.5 * offcenter)))
@@ -260,7 +255,7 @@ def _prefetch(items: Iterator, depth: int) -> Iterator:
 
 
 class FaceTrackEmbedder:
-    """Built once, reused for every video: `embed_video(path, person)` gives one row per frame."""
+    """Built once, reused for every video: `embed_video(path)` gives one row per frame."""
 
     def __init__(self, weights: str | dict, device: str = "cpu", detect_size: int = 640,
                  min_face: int = 20, margin: int = 20, batch_size: int = 32, keep_pooled: bool = False,
@@ -332,7 +327,7 @@ class FaceTrackEmbedder:
         chosen = tracker.update(found * scale)
         return None if chosen is None else (found[chosen] * scale, probs[chosen])
 
-    def embed_video(self, path: str, person: str = "") -> dict[str, np.ndarray]:
+    def embed_video(self, path: str) -> dict[str, np.ndarray]:
         """Rows for every decoded frame: embedding [n, 512], valid [n], box [n, 4] (full-resolution
         pixels), prob [n], time [n], and pooled [n, 1792] when `keep_pooled`. Raises MediaError."""
         times, embeddings, pooled, boxes, probs, valid = [], [], [], [], [], []
@@ -340,7 +335,7 @@ class FaceTrackEmbedder:
         frames = _prefetch(self._frames(path), depth=self.batch_size)   # one batch decoded ahead
         while batch := [item for _, item in zip(range(self.batch_size), frames)]:
             if tracker is None:
-                tracker = FaceTracker(batch[0][1].shape[1], batch[0][1].shape[0], person)
+                tracker = FaceTracker(batch[0][1].shape[1], batch[0][1].shape[0])
             due = [i for i in range(len(batch)) if (first + i) % self.detect_every == 0]
             detections = dict(zip(due, self._detect([batch[i][2] for i in due])))
             first += len(batch)

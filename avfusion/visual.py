@@ -64,7 +64,7 @@ class FaceNetExtractor(Extractor):
     def file_rows(self, video: dict) -> dict[str, np.ndarray]:
         if self._tracks_everyone(video):
             return self.embedder.embed_people(video["path"])
-        return self.embedder.embed_video(video["path"], video.get("person") or "")
+        return self.embedder.embed_video(video["path"])
 
     def trial_rows(self, shared: dict[str, np.ndarray], video: dict) -> dict[str, np.ndarray]:
         if not self._tracks_everyone(video):
