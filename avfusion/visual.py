@@ -2,7 +2,8 @@
 
 Rows (data/features/visual/store-XX.zarr, written by avfusion/extract.py): the tracked person's 512-d
 InceptionResnetV1 embedding (and the 1792-d pooled features with `keep_pooled`), `valid`, the face box
-in full-resolution pixels, the MTCNN probability, frame index and timestamp.
+and MTCNN's five facial points (`landmarks`, x, y per point, the `landmarks` extractor's input) in
+full-resolution pixels, the MTCNN probability, frame index and timestamp.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from avfusion.extract import Extractor
 from avfusion.faces import EMBEDDING_DIM, POOLED_DIM, FaceTrackEmbedder
 
 WEIGHTS = "data/weights/visual.pt"
-EXTRACTOR = "facenet-mtcnn-inception-resnet-v1/1"
+EXTRACTOR = "facenet-mtcnn-inception-resnet-v1/2"   # /2: the landmarks column
 
 
 class FaceNetExtractor(Extractor):
@@ -29,7 +30,7 @@ class FaceNetExtractor(Extractor):
     def __init__(self, params: dict, device: str):
         super().__init__(params, device)
         self.dim = EMBEDDING_DIM
-        self.columns = {"box": ((4,), "float32"), "prob": ((), "float32")}
+        self.columns = {"box": ((4,), "float32"), "landmarks": ((10,), "float32"), "prob": ((), "float32")}
         if params["keep_pooled"]:
             self.columns["pooled"] = ((POOLED_DIM,), "float32")
         self.precision = "float32" if device == "cpu" else "cuda-fp16"

@@ -83,7 +83,7 @@ def test_same_five_points_as_the_library(detections_and_points):
                 errors.append((np.abs(our_points[j] - their_points[i]).max(), name, i))
     assert faces >= 12, "too few matched faces to compare points on"
     worst = max(errors)
-    assert worst[0] <= POINT_TOLERANCE, f"{worst[1]} face {worst[2]}: a point {worst[0]:.2f} px from the library's"
+    assert worst[0] <= POINT_TOLERANCE, f"{worst[1]} face {worst[2]}: a point {worst[0]:.3g} px from the library's"
 
 
 @pytest.mark.gpu
