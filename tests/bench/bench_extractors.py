@@ -7,7 +7,8 @@ PATH: a real 1080p clip with faces and sound (the shared street clip suits); `--
 its first N seconds first (0: the whole clip). expression and landmarks read the facenet rows of the
 clip, made once here (`facenet` is timed on that one run, for context); they are timed on
 `on_faces`, what their stage does per video after reading the visual store. `decode_only` (every frame
-decoded to RGB) is what the audio extractors pay for their frame times. The extractors run in
+decoded to RGB) is about what the audio extractors pay for their frame times; `<name>_given_times` times
+the audio descriptor alone (frame times given, as on a low-resolution video). The extractors run in
 turn within every repetition (a shared machine's load hits all alike); medians of the repetitions.
 torch keeps its default threads (the cores); the load average is recorded. Merged into
 reports/bench.json under `extractor_speed` (other keys kept).
@@ -75,7 +76,8 @@ def main() -> None:
                                       "rows feed expression and landmarks"}}
         for name, extractor in extractors.items():      # warm-up: allocations, kernel choice, openSMILE start
             extractor.on_faces(video, faces) if name in ON_FACES else extractor.rows(row)
-        samples = {name: ([], []) for name in ("decode_only", *extractors)}
+        times = faces["time"]
+        samples = {name: ([], []) for name in ("decode_only", *extractors, *(f"{n}_given_times" for n in AUDIO))}
         for _ in range(args.reps):
             seconds, cpu, _ = timed(decode_only, video)     # what every frame-aligned extractor pays at least
             samples["decode_only"][0].append(frames / seconds)
@@ -88,6 +90,10 @@ def main() -> None:
                 assert len(rows["time"]) == frames, name
                 samples[name][0].append(frames / seconds)
                 samples[name][1].append(cpu / frames)
+                if name in AUDIO:                           # the descriptor alone: frame times given
+                    seconds, cpu, _ = timed(extractor.frames.frames, video, times)
+                    samples[f"{name}_given_times"][0].append(frames / seconds)
+                    samples[f"{name}_given_times"][1].append(cpu / frames)
         for name, (fps, cpu) in samples.items():
             result[name] = {"frames_per_s": [r(x) for x in fps], "median_frames_per_s": r(med(fps)),
                             "cpu_seconds_per_frame": r(med(cpu))}
