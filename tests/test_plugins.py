@@ -180,17 +180,22 @@ def test_audio_validity_from_vad_rejects_a_loud_tone(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_foreach_stage_runs_only_the_listed_extractors(tmp_path):
-    """Real dvc: the default list runs offline; adding an extractor runs only its stage."""
+    """Real dvc: the default list runs offline; adding extractors runs only their stages."""
     repo = make_pipeline_repo(str(tmp_path / "repo"), {"features": {"extractors": ["vad"]}})
     first = dvc("repro", cwd=repo)
     assert {"extract@vad", "weights", "visual", "audio"} <= stages_run(first.stdout)
     assert FeatureReader(os.path.join(repo, "data", "features", "vad")).provenance["columns"] == ["speech"]
     run(["git", "add", "-A"], cwd=repo)
     run(["git", "commit", "-qm", "extracted"], cwd=repo)
-    added = dvc("exp", "run", "-S", "features.extractors=[vad,mfcc]", cwd=repo)
-    assert stages_run(added.stdout) == {"extract@mfcc"}, added.stdout
+    added = dvc("exp", "run", "-S", "features.extractors=[vad,mfcc,landmarks]", cwd=repo)
+    assert stages_run(added.stdout) == {"extract@mfcc", "extract@landmarks"}, added.stdout
     reader = FeatureReader(os.path.join(repo, "data", "features", "mfcc"))
     assert reader.provenance["columns"][0] == "mfcc_00" and reader.dim == 20
+    landmarks = FeatureReader(os.path.join(repo, "data", "features", "landmarks"))
+    visual = FeatureReader(os.path.join(repo, "data", "features", "visual"))
+    assert landmarks.provenance["columns"][0] == "left_eye_x" and landmarks.dim == 10
+    assert landmarks.videos == visual.videos and all(np.array_equal(
+        landmarks.rows(v)["valid"], visual.rows(v)["valid"]) for v in visual.videos)
 
 
 def test_landmarks_are_mtcnns_points_of_the_tracked_face(tmp_path, monkeypatch):
