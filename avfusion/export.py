@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from avfusion.errors import UserError
 from avfusion.extract import Extractor
-from avfusion.extractors import EXTRACTORS, ExpressionExtractor, FaceNetExtractor, get_extractor
+from avfusion.extractors import EXTRACTORS, FaceStoreExtractor, get_extractor
 from avfusion.params import PARAMS, load_params, resolve_device
 
 
@@ -26,13 +26,15 @@ class ExportError(UserError):
 
 
 def available(weights_dir: str) -> list[str]:
-    """The extractors that work here: their weight file is in `weights_dir` and their optional extra
-    installed (egemaps needs openSMILE)."""
+    """The extractors that work here: their weight file is in `weights_dir`, their optional extra
+    installed (egemaps needs openSMILE) and, for those on facenet's faces, facenet's weights there too."""
     names = []
     for name, cls in EXTRACTORS.items():
         if cls.weights and not os.path.isfile(os.path.join(weights_dir, os.path.basename(cls.weights))):
             continue
         if name == "egemaps" and importlib.util.find_spec("opensmile") is None:
+            continue
+        if issubclass(cls, FaceStoreExtractor) and "facenet" not in names:    # it reads facenet's faces
             continue
         names.append(name)
     return names
@@ -58,16 +60,16 @@ def extract_all(video: str, names: list[str], weights_dir: str = "data/weights",
                 params_path: str = PARAMS) -> tuple[list[str], np.ndarray]:
     """(header, table [frames, columns]) of `video` for the extractors `names`. Raises UserError."""
     device = resolve_device(device)
-    # expression reads facenet's boxes: facenet runs first (and only for that when not asked for)
-    order = (["facenet"] if {"facenet", "expression"} & set(names) else []) + [n for n in names if n != "facenet"]
+    # expression and landmarks read facenet's faces: facenet runs first (and only for that when not asked for)
+    on_faces = {n for n in names if issubclass(get_extractor(n), FaceStoreExtractor)}
+    order = (["facenet"] if {"facenet", *on_faces} & set(names) else []) + [n for n in names if n != "facenet"]
     row = {"video_id": os.path.splitext(os.path.basename(video))[0], "path": video, "person": ""}
     results, extractors = {}, {}
     for name in tqdm(order, desc=os.path.basename(video), unit="extractor"):
         extractor = extractors[name] = build(name, weights_dir, device, params_path)
         extractor.load()
-        if isinstance(extractor, ExpressionExtractor):
-            faces = results["facenet"]
-            results[name] = extractor.on_faces(video, faces["valid"], faces["box"])
+        if name in on_faces:
+            results[name] = extractor.on_faces(video, results["facenet"])
         else:
             results[name] = extractor.rows(row)
     times = results[order[0]]["time"]

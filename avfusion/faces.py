@@ -29,6 +29,7 @@ from facenet_pytorch.models.mtcnn import ONet, PNet, RNet
 from facenet_pytorch.models.utils.detect_face import batched_nms_numpy, bbreg, generateBoundingBox, rerec
 from torchvision.ops import batched_nms, box_iou
 
+from avfusion.landmarks import onet_points
 from avfusion.media import decode_video, probe
 from avfusion.tracks import MAX_GAP, PeopleTracker, appearance, gap_frames
 
@@ -43,6 +44,7 @@ CPU_DETECT_PIXELS = 4 * 640 * 360
 TRACK_THRESHOLD = 0.7  # a tracked face whose O-net or R-net probability falls below this is lost (the cascade's O-net threshold)
 TRACK_SHIFT = 0.3      # tracking also tries squares shifted by this share of the face's size
 PROBE_THRESHOLD = 0.1  # a just-lost face's last place looks this face-like: run the full cascade there
+NO_POINTS = np.zeros((5, 2), np.float32)   # the landmarks of a frame without a face
 
 
 def random_state_dict(seed: int) -> dict[str, torch.Tensor]:
@@ -68,15 +70,16 @@ class FaceDetector:
         self.pnet, self.rnet, self.onet = (net().eval().to(device) for net in (PNet, RNet, ONet))
 
     @torch.inference_mode()
-    def __call__(self, images: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Faces in a batch of same-size RGB images [B, H, W, 3]: per image (boxes [k, 4], probs [k])."""
+    def __call__(self, images: np.ndarray, landmarks: bool = False) -> list[tuple[np.ndarray, ...]]:
+        """Faces in a batch of same-size RGB images [B, H, W, 3]: per image (boxes [k, 4], probs [k]),
+        and with `landmarks` (as `MTCNN.detect`) also the O-net's five points [k, 5, 2] in pixels."""
         imgs = torch.as_tensor(images, device=self.device).permute(0, 3, 1, 2).float()
         boxes, inds = self._propose(imgs)
-        boxes, inds = self._refine(imgs, boxes, inds, self.rnet, 24, self.thresholds[1])
-        boxes, inds = self._refine(imgs, boxes, inds, self.onet, 48, self.thresholds[2])
-        boxes, inds = boxes.cpu().numpy(), inds.cpu().numpy()
+        boxes, inds, _ = self._refine(imgs, boxes, inds, self.rnet, 24, self.thresholds[1])
+        boxes, inds, points = self._refine(imgs, boxes, inds, self.onet, 48, self.thresholds[2])
+        boxes, inds, points = boxes.cpu().numpy(), inds.cpu().numpy(), points.cpu().numpy().astype(np.float32)
         return [(boxes[inds == i, :4].astype(np.float32), boxes[inds == i, 4].astype(np.float32))
-                for i in range(len(images))]
+                + ((points[inds == i],) if landmarks else ()) for i in range(len(images))]
 
     def _propose(self, imgs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """P-net over the image pyramid (the library's stage 1)."""
@@ -101,8 +104,9 @@ class FaceDetector:
 
     @staticmethod
     def _score(imgs, boxes, inds, net, size: int, frame: tuple[int, int] | None = None,
-               origin: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, torch.Tensor]:
-        """R-net or O-net on the square boxes [k, >=4] of images `inds`: (box regression, face probability).
+               origin: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """R-net or O-net on the square boxes [k, >=4] of images `inds`: (box regression, face probability,
+        the O-net's five points [k, 5, 2] in pixels of the frame, None for the R-net).
 
         The library's crop step (detect_face.py: `pad`, then `imresample`): each box is clipped to the
         frame (`frame` = (width, height), default the images'), pixels [x1 - 1, x2) are cut and
@@ -119,13 +123,15 @@ class FaceDetector:
             F.interpolate(imgs[i:i + 1, :, y1 - 1 - oy:y2 - oy, x1 - 1 - ox:x2 - ox], size=(size, size), mode="area")
             if keep else blank for i, x1, y1, x2, y2, keep in zip(inds.tolist(), x, y, ex, ey, inside)])
         out = net(((crops - 127.5) * 0.0078125).contiguous(memory_format=torch.channels_last))
-        return out[0], out[-1][:, 1] * torch.tensor(inside, device=crops.device)
+        points = onet_points(boxes[:, :4], out[1]) if len(out) == 3 else None   # O-net: (reg, points, prob)
+        return out[0], out[-1][:, 1] * torch.tensor(inside, device=crops.device), points
 
     @torch.inference_mode()
-    def track(self, image: np.ndarray, box: np.ndarray, motion: np.ndarray) -> tuple[np.ndarray, float, float]:
+    def track(self, image: np.ndarray, box: np.ndarray,
+              motion: np.ndarray) -> tuple[np.ndarray, float, float, np.ndarray]:
         """The face that was at `box` in the previous frame of RGB `image` [H, W, 3] and moved by about
-        `motion` (box delta) since the frame before: the O-net's box (as the cascade's last stage gives
-        it), and the O-net's and R-net's probabilities for the square around it.
+        `motion` (box delta) since the frame before: the O-net's box and five points [5, 2] (as the
+        cascade's last stage gives them), and the O-net's and R-net's probabilities for the square around it.
 
         The O-net's box regression reaches about a quarter of the face's width, so it scores squares
         around the box, its predicted place and shifts of that in one batch, then refines the best."""
@@ -134,15 +140,17 @@ class FaceDetector:
         candidates = np.concatenate([box[None], box + motion + np.tile(shifts, 2)])
         squares = rerec(torch.as_tensor(np.concatenate([candidates, np.zeros((len(candidates), 1))], 1),
                                         dtype=torch.float32, device=self.device))
-        reg, score = self._score_region(image, squares, self.onet, 48)
+        reg, score, _ = self._score_region(image, squares, self.onet, 48)
         best = int(score.argmax())
         square = rerec(bbreg(torch.cat([squares[best:best + 1, :4], score[best:best + 1, None]], 1), reg[best:best + 1]))
-        reg, refined = self._score_region(image, square, self.onet, 48)
-        _, rnet_score = self._score_region(image, square, self.rnet, 24)
+        reg, refined, points = self._score_region(image, square, self.onet, 48)
+        _, rnet_score, _ = self._score_region(image, square, self.rnet, 24)
         found = bbreg(torch.cat([square[:, :4], refined[:, None]], 1), reg)
-        return found[0, :4].cpu().numpy().astype(np.float32), float(refined[0]), float(rnet_score[0])
+        return (found[0, :4].cpu().numpy().astype(np.float32), float(refined[0]), float(rnet_score[0]),
+                points[0].cpu().numpy().astype(np.float32))
 
-    def _score_region(self, image: np.ndarray, squares: torch.Tensor, net, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _score_region(self, image: np.ndarray, squares: torch.Tensor, net,
+                      size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """R-net or O-net on squares of one image; only the region their clipped crops cover is converted."""
         h, w = image.shape[:2]
         corners = squares[:, :4].trunc()
@@ -153,19 +161,21 @@ class FaceDetector:
         return self._score(region, squares, inds, net, size, frame=(w, h), origin=(x0, y0))
 
     def _refine(self, imgs, boxes, inds, net, size: int, threshold: float):
-        """R-net or O-net on the candidates (the library's stages 2 and 3); O-net ends with Min-NMS."""
+        """R-net or O-net on the candidates (the library's stages 2 and 3): (boxes [k, 5], image indices,
+        the O-net's points [k, 5, 2] from the boxes it cropped, as the library computes them; None for the
+        R-net). The O-net ends with Min-NMS."""
         if len(boxes) == 0:
-            return boxes[:, :5], inds
-        reg, score = self._score(imgs, boxes, inds, net, size)
+            return boxes[:, :5], inds, boxes.new_zeros(0, 5, 2)
+        reg, score, points = self._score(imgs, boxes, inds, net, size)
         keep = score > threshold
         boxes = torch.cat([boxes[keep, :4], score[keep, None]], dim=1)
         inds, reg = inds[keep], reg[keep]
         if net is self.rnet:
             keep = batched_nms(boxes[:, :4], boxes[:, 4], inds, 0.7)
-            return rerec(bbreg(boxes[keep], reg[keep])), inds[keep]
-        boxes = bbreg(boxes, reg)
+            return rerec(bbreg(boxes[keep], reg[keep])), inds[keep], None
+        boxes, points = bbreg(boxes, reg), points[keep]
         keep = batched_nms_numpy(boxes[:, :4], boxes[:, 4], inds, 0.7, "Min")
-        return boxes[keep], inds[keep]
+        return boxes[keep], inds[keep], points[keep]
 
 
 class FaceTracker:
@@ -286,32 +296,34 @@ class FaceTrackEmbedder:
             embedding = self.net(batch)
         return embedding.float().cpu(), self._pooled[0].float().cpu()
 
-    def _detect(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Full cascade on same-size RGB frames, in groups that suit the device."""
+    def _detect(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Full cascade on same-size RGB frames, in groups that suit the device: (boxes, probs, points)."""
         if not images:
             return []
         smalls = np.stack(images)
         step = len(smalls) if self.device.startswith("cuda") else self._group(smalls[0])
-        return [d for i in range(0, len(smalls), step) for d in self.detector(smalls[i:i + step])]
+        return [d for i in range(0, len(smalls), step) for d in self.detector(smalls[i:i + step], landmarks=True)]
 
     @staticmethod
     def _group(small: np.ndarray) -> int:
         """Frames per cascade call on the CPU."""
         return max(1, CPU_DETECT_PIXELS // small[..., 0].size)
 
-    def _track(self, small: np.ndarray, scale: float, tracker: FaceTracker) -> tuple[np.ndarray, float] | None:
-        """The followed face re-located by the O-net (full-resolution box, probability), or None when lost."""
-        box, prob, rnet_prob = self.detector.track(small, tracker.last / scale, tracker.motion / scale)
+    def _track(self, small: np.ndarray, scale: float,
+               tracker: FaceTracker) -> tuple[np.ndarray, float, np.ndarray] | None:
+        """The followed face re-located by the O-net (full-resolution box, probability, five points), or
+        None when lost."""
+        box, prob, rnet_prob, points = self.detector.track(small, tracker.last / scale, tracker.motion / scale)
         side = min(box[2] - box[0], box[3] - box[1])
         moved = box_iou(torch.from_numpy(tracker.last[None] / scale), torch.from_numpy(box[None]))[0, 0]
         if min(prob, rnet_prob) < TRACK_THRESHOLD or side < self.detector.min_face or moved < MIN_IOU:
             return None
-        return box * scale, prob
+        return box * scale, prob, points * scale
 
     def _face(self, small: np.ndarray, scale: float, tracker: FaceTracker,
-              detection: tuple[np.ndarray, np.ndarray] | None) -> tuple[np.ndarray, float] | None:
-        """This frame's followed face (full-resolution box, probability) or None; `detection` is the
-        frame's full cascade when one was due."""
+              detection: tuple[np.ndarray, ...] | None) -> tuple[np.ndarray, float, np.ndarray] | None:
+        """This frame's followed face (full-resolution box, probability, MTCNN's five points [5, 2]) or
+        None; `detection` is the frame's full cascade when one was due."""
         if detection is None and tracker.following:
             tracked = self._track(small, scale, tracker)
             if tracked is not None:
@@ -319,18 +331,19 @@ class FaceTrackEmbedder:
                 return tracked
         elif detection is None and tracker.last is not None and tracker.missed < PATIENCE:
             # Lost a moment ago: only a face overlapping its last box could be taken, so look there first.
-            _, prob, rnet_prob = self.detector.track(small, tracker.last / scale, np.zeros(4, np.float32))
+            _, prob, rnet_prob, _ = self.detector.track(small, tracker.last / scale, np.zeros(4, np.float32))
             if min(prob, rnet_prob) < PROBE_THRESHOLD:
                 tracker.update(np.zeros((0, 4), np.float32))
                 return None
-        found, probs = detection if detection is not None else self._detect([small])[0]
+        found, probs, points = detection if detection is not None else self._detect([small])[0]
         chosen = tracker.update(found * scale)
-        return None if chosen is None else (found[chosen] * scale, probs[chosen])
+        return None if chosen is None else (found[chosen] * scale, probs[chosen], points[chosen] * scale)
 
     def embed_video(self, path: str) -> dict[str, np.ndarray]:
-        """Rows for every decoded frame: embedding [n, 512], valid [n], box [n, 4] (full-resolution
-        pixels), prob [n], time [n], and pooled [n, 1792] when `keep_pooled`. Raises MediaError."""
-        times, embeddings, pooled, boxes, probs, valid = [], [], [], [], [], []
+        """Rows for every decoded frame: embedding [n, 512], valid [n], box [n, 4] and landmarks [n, 10]
+        (MTCNN's five points, x and y in avfusion/landmarks.py's order; both full-resolution pixels),
+        prob [n], time [n], and pooled [n, 1792] when `keep_pooled`. Raises MediaError."""
+        times, embeddings, pooled, boxes, points, probs, valid = [], [], [], [], [], [], []
         tracker, first = None, 0
         frames = _prefetch(self._frames(path), depth=self.batch_size)   # one batch decoded ahead
         while batch := [item for _, item in zip(range(self.batch_size), frames)]:
@@ -347,9 +360,10 @@ class FaceTrackEmbedder:
                     ahead = [j for j in range(i, min(len(batch), i + self._group(small) // 4 or 1)) if j not in detections]
                     detections.update(zip(ahead, self._detect([batch[j][2] for j in ahead])))
                 face = self._face(small, scale, tracker, detections.get(i))
-                box, prob = face if face is not None else (np.zeros(4, np.float32), 0.0)
+                box, prob, marks = face if face is not None else (np.zeros(4, np.float32), 0.0, NO_POINTS)
                 times.append(t)
                 boxes.append(box)
+                points.append(marks.reshape(10))
                 probs.append(prob)
                 valid.append(face is not None)
                 if face is not None:
@@ -367,6 +381,7 @@ class FaceTrackEmbedder:
             "embedding": np.concatenate(embeddings) if n else np.zeros((0, EMBEDDING_DIM), np.float32),
             "valid": np.asarray(valid, bool).reshape(n),
             "box": np.asarray(boxes, np.float32).reshape(n, 4),
+            "landmarks": np.asarray(points, np.float32).reshape(n, 10),
             "prob": np.asarray(probs, np.float32).reshape(n),
             "time": np.asarray(times, np.float64).reshape(n),
         }
@@ -380,20 +395,22 @@ class FaceTrackEmbedder:
         ids from `PeopleTracker` (box overlap, then `appearance` for re-identification), and every
         tracked face cropped and embedded. Returns `time` [n] per decoded frame and, per tracked face in
         frame order (then by id), `frame` [m], `person` [m], `box` [m, 4] (full-resolution pixels),
-        `prob` [m], `embedding` [m, 512] and, with `keep_pooled`, `pooled` [m, 1792]. Raises MediaError."""
+        `landmarks` [m, 10], `prob` [m], `embedding` [m, 512] and, with `keep_pooled`, `pooled` [m, 1792].
+        Raises MediaError."""
         fps = probe(path).fps
         tracker = PeopleTracker(max_gap=gap_frames(fps) if fps > 0 else MAX_GAP)
-        times, frames, persons, boxes, probs, embeddings, pooled = [], [], [], [], [], [], []
+        times, frames, persons, boxes, points, probs, embeddings, pooled = [], [], [], [], [], [], [], []
         stream = _prefetch(self._frames(path), depth=self.batch_size)
         while batch := [item for _, item in zip(range(self.batch_size), stream)]:
             crops = []
-            for (t, full, _, scale), (found, found_probs) in zip(batch, self._detect([b[2] for b in batch])):
+            for (t, full, _, scale), (found, found_probs, found_points) in zip(batch, self._detect([b[2] for b in batch])):
                 found = found * scale
                 ids = tracker.update(found, found_probs, appearance(full, found))
                 for d in sorted(np.flatnonzero(ids >= 0), key=lambda d: ids[d]):
                     frames.append(len(times))
                     persons.append(ids[d])
                     boxes.append(found[d])
+                    points.append(found_points[d] * scale)
                     probs.append(found_probs[d])
                     crops.append(crop_face(full, found[d], self.margin))
                 times.append(t)
@@ -407,6 +424,7 @@ class FaceTrackEmbedder:
             "frame": np.asarray(frames, np.int32).reshape(m),
             "person": np.asarray(persons, np.int32).reshape(m),
             "box": np.asarray(boxes, np.float32).reshape(m, 4),
+            "landmarks": np.asarray(points, np.float32).reshape(m, 10),
             "prob": np.asarray(probs, np.float32).reshape(m),
             "embedding": np.concatenate(embeddings) if m else np.zeros((0, EMBEDDING_DIM), np.float32),
         }

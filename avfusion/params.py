@@ -97,7 +97,7 @@ DATA_PATH = one_of("auto", "memory", "stores", default="auto")   # avfusion/outo
 MEMORY_BUDGET = number(gt=0, default=2)                           # GB of embeddings `auto` keeps in memory
 # The plug-ins a features.extractors list may name (avfusion/extractors.py; facenet and openl3 have their
 # own stages, visual and audio)
-EXTRACTOR_NAMES = ("vad", "egemaps", "logmel", "mfcc", "expression")
+EXTRACTOR_NAMES = ("vad", "egemaps", "logmel", "mfcc", "expression", "landmarks")
 # The audio descriptor extractors run on the CPU, one process per store
 AUDIO_DESCRIPTOR = {"stores": integer(ge=1), "workers": integer(ge=1, default=1), "on_error": ON_ERROR}
 
@@ -151,7 +151,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     # Plug-in extractors (avfusion/extractors.py): `extract@<name>` stages for the names listed here
     "features": {
-        "extractors": Key("a list of extractor names (vad, egemaps, logmel, mfcc, expression)",
+        "extractors": Key("a list of extractor names (vad, egemaps, logmel, mfcc, expression, landmarks)",
                           lambda v: isinstance(v, list) and all(n in EXTRACTOR_NAMES for n in v)
                           and len(set(v)) == len(v)),
     },
@@ -167,6 +167,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "workers": integer(ge=1, default=1),
         "on_error": ON_ERROR,
     },
+    # reads the visual store only (no model, no decoding): CPU, one process per store
+    "landmarks": {"stores": integer(ge=1), "workers": integer(ge=1, default=1), "on_error": ON_ERROR},
     "fusion": {
         "type": one_of("jca", "lfan", "cross_attention", "concat", "late", "audio_only", "visual_only",
                        "ridge"),  # fusion.TYPES

@@ -2,9 +2,10 @@
 
 Rows (data/features/visual/store-XX.zarr, written by avfusion/extract.py): the trial's person's 512-d
 InceptionResnetV1 embedding (and the 1792-d pooled features with `keep_pooled`), `valid`, the face box
-in full-resolution pixels, the MTCNN probability, frame index and timestamp. With `people: all` also
-`person` (the id of the track the rows follow, -1 where absent) and the `people` row set: one row per
-tracked face per frame, everyone in the video (docs/design.md §5.2).
+in full-resolution pixels, MTCNN's five facial points (`landmarks`, x, y per point, the `landmarks`
+extractor's input) in full-resolution pixels, the MTCNN probability, frame index and timestamp. With
+`people: all` also `person` (the id of the track the rows follow, -1 where absent) and the `people` row
+set: one row per tracked face per frame, everyone in the video (docs/design.md §5.2).
 """
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from avfusion.faces import EMBEDDING_DIM, POOLED_DIM, FaceTrackEmbedder
 from avfusion.tracks import person_rows, trial_person
 
 WEIGHTS = "data/weights/visual.pt"
-EXTRACTOR = "facenet-mtcnn-inception-resnet-v1/1"
+# /2: the landmarks column, the library's crop step (other boxes on small and edge-cut faces) and
+# `_left` / `_right` trials following the multi-person tracker
+EXTRACTOR = "facenet-mtcnn-inception-resnet-v1/2"
 SIDES = ("left", "right")
 
 
@@ -36,7 +39,7 @@ class FaceNetExtractor(Extractor):
     def __init__(self, params: dict, device: str):
         super().__init__(params, device)
         self.dim = EMBEDDING_DIM
-        self.columns = {"box": ((4,), "float32"), "prob": ((), "float32")}
+        self.columns = {"box": ((4,), "float32"), "landmarks": ((10,), "float32"), "prob": ((), "float32")}
         if params["keep_pooled"]:
             self.columns["pooled"] = ((POOLED_DIM,), "float32")
         self.everyone = params.get("people", "one") == "all"

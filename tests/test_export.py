@@ -16,6 +16,7 @@ from avfusion.cli import main
 from avfusion.demo import draw_face
 from avfusion.expression import EXPRESSIONS
 from avfusion.faces import random_state_dict
+from avfusion.landmarks import NAMES
 from avfusion.media import frame_times
 from avfusion.openl3 import write_random_weights
 
@@ -54,12 +55,13 @@ def test_every_extractor_in_one_table(tmp_path, video, weights):
     np.testing.assert_allclose(table[:, 1], frame_times(video), atol=1e-4)
     column = {name: i for i, name in enumerate(header)}
     for name, width in (("facenet", 512), ("openl3", 512), ("vad", 1), ("egemaps", 25), ("logmel", 64),
-                        ("mfcc", 20), ("expression", 135)):
+                        ("mfcc", 20), ("expression", 135), ("landmarks", 10)):
         assert f"{name}.valid" in column
         assert len([h for h in header if h.startswith(name + ".")]) == width + 1, name
     assert {"facenet.000", "facenet.511", "openl3.000", "vad.speech", "logmel.mel_00", "mfcc.mfcc_19",
             "egemaps.F0semitoneFrom27.5Hz_sma3nz", "egemaps.Loudness_sma3",
-            *(f"expression.{e}" for e in EXPRESSIONS), "expression.feature_127"} <= set(header)
+            *(f"expression.{e}" for e in EXPRESSIONS), "expression.feature_127",
+            "landmarks.left_eye_x", "landmarks.mouth_right_y"} <= set(header)
     assert table[:, column["facenet.valid"]].sum() >= FRAMES - 1           # the drawn face is found
     assert table[:, column["openl3.valid"]].all() and table[:, column["vad.valid"]].all()
     assert table[:, column["vad.speech"]].max() < 0.5                       # a tone is not speech
@@ -67,6 +69,20 @@ def test_every_extractor_in_one_table(tmp_path, video, weights):
     face = table[:, column["facenet.valid"]] == 1
     np.testing.assert_allclose(probs[face].sum(axis=1), 1, atol=1e-4)
     assert np.array_equal(table[:, column["expression.valid"]], table[:, column["facenet.valid"]])
+    assert np.array_equal(table[:, column["landmarks.valid"]], table[:, column["facenet.valid"]])
+    eyes_nose = table[face][:, [column[f"landmarks.{p}_x"] for p in ("left_eye", "nose", "right_eye")]]
+    assert np.all(np.diff(eyes_nose, axis=1) > 0)                           # inside the box, left to right
+
+
+def test_landmarks_alone_run_facenet_for_its_faces(tmp_path, video, weights):
+    out = str(tmp_path / "landmarks.csv")
+    assert main(["features", video, "--out", out, "--extractors", "landmarks", "--weights", weights,
+                 "--params", PARAMS, "--device", "cpu"]) == 0
+    header, table = read(out)
+    assert header == ["frame", "time", "landmarks.valid", *(f"landmarks.{name}" for name in NAMES)]
+    face = table[:, 2] == 1
+    assert face.sum() >= FRAMES - 1 and np.all((table[face, 3:] > 0) & (table[face, 3:] < 1))
+    assert not table[~face, 3:].any()
 
 
 def test_chosen_extractors_only(tmp_path, video, weights):

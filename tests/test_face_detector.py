@@ -3,7 +3,8 @@
 The project runs the library's networks, cascade and crop step (each box clipped to the frame, the
 clipped pixels area-resized) on batches of frames. Whether both find the same faces in the same places
 is measured here, on real faces: small ones as the pipeline sees them (frames downscaled to 640x360),
-larger ones at full resolution, and faces cut by the frame's edges.
+larger ones at full resolution, and faces cut by the frame's edges; and whether the five facial points
+(the `landmarks` extractor's input) are the library's.
 """
 from pathlib import Path
 
@@ -18,20 +19,29 @@ from avfusion.faces import FaceDetector
 
 FRAMES = sorted((Path(__file__).parent / "fixtures" / "faces").glob("*.jpg"))
 MIN_IOU = 0.9
+POINT_TOLERANCE = 0.01   # pixels: same networks, crops and arithmetic (measured: at most 6e-5 px off)
 
 
 @pytest.fixture(scope="module")
-def detections() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per frame: (image, our boxes, the library's boxes), both detectors at the library's defaults."""
+def detections_and_points() -> dict[str, tuple]:
+    """Per frame: (image, our boxes, the library's boxes, our points, the library's points), both
+    detectors at the library's defaults."""
     ours, library = FaceDetector("cpu"), MTCNN(device="cpu")
     found = {}
     for path in FRAMES:
         image = np.array(Image.open(path).convert("RGB"))
-        theirs, _ = library.detect(Image.fromarray(image))                  # None when it finds no face
-        (our_boxes, _), = ours(image[None])
-        found[path.name] = image, our_boxes, np.zeros((0, 4), np.float32) if theirs is None else theirs.astype(
-            np.float32)
+        theirs, _, their_points = library.detect(Image.fromarray(image), landmarks=True)   # None: no face
+        (our_boxes, _, our_points), = ours(image[None], landmarks=True)
+        if theirs is None:
+            theirs, their_points = np.zeros((0, 4)), np.zeros((0, 5, 2))
+        found[path.name] = (image, our_boxes, theirs.astype(np.float32), our_points, their_points.astype(np.float32))
     return found
+
+
+@pytest.fixture(scope="module")
+def detections(detections_and_points) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per frame: (image, our boxes, the library's boxes)."""
+    return {name: found[:3] for name, found in detections_and_points.items()}
 
 
 def disagreement(ours: np.ndarray, theirs: np.ndarray) -> list[str]:
@@ -59,6 +69,21 @@ def test_same_faces_as_the_library(detections):
     problems = [f"{name}: {problem}" for name, (_, ours, theirs) in detections.items()
                 for problem in disagreement(ours, theirs)]
     assert not problems, "\n".join(problems)
+
+
+def test_same_five_points_as_the_library(detections_and_points):
+    """Each face's points (matched by its box) lie within 0.01 px of `MTCNN.detect(..., landmarks=True)`'s."""
+    faces, errors = 0, []
+    for name, (_, ours, theirs, our_points, their_points) in detections_and_points.items():
+        assert our_points.shape == (len(ours), 5, 2)
+        iou = box_iou(torch.as_tensor(theirs), torch.as_tensor(ours)).numpy()
+        for i, j in enumerate(iou.argmax(axis=1) if iou.size else []):
+            if iou[i, j] >= MIN_IOU:
+                faces += 1
+                errors.append((np.abs(our_points[j] - their_points[i]).max(), name, i))
+    assert faces >= 12, "too few matched faces to compare points on"
+    worst = max(errors)
+    assert worst[0] <= POINT_TOLERANCE, f"{worst[1]} face {worst[2]}: a point {worst[0]:.3g} px from the library's"
 
 
 @pytest.mark.gpu

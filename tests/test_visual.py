@@ -50,6 +50,7 @@ def check_rows(rows: dict, n: int) -> None:
     np.testing.assert_allclose(norms[rows["valid"]], 1, atol=1e-4)      # InceptionResnetV1 L2-normalises
     assert not rows["embedding"][~rows["valid"]].any() and not rows["box"][~rows["valid"]].any()
     assert not rows["prob"][~rows["valid"]].any() and np.all(rows["prob"][rows["valid"]] > 0.7)
+    assert rows["landmarks"].shape == (n, 10) and not rows["landmarks"][~rows["valid"]].any()
 
 
 def test_face_found_in_most_frames_and_boxed(tmp_path, embedder):
@@ -224,12 +225,13 @@ def test_detect_every_1_is_detection_on_every_frame(tmp_path, monkeypatch):
     frames = list(embedder._frames(path))
     detections = embedder._detect([small for _, _, small, _ in frames])
     tracker = FaceTracker(320, 240)
-    for row, (_, full, _, scale), (found, probs) in zip(range(5), frames, detections):
+    for row, (_, full, _, scale), (found, probs, points) in zip(range(5), frames, detections):
         chosen = tracker.update(found * scale)
         assert rows["valid"][row] == (chosen is not None)
         if chosen is not None:
             np.testing.assert_array_equal(rows["box"][row], found[chosen] * scale)
             assert rows["prob"][row] == probs[chosen]
+            np.testing.assert_array_equal(rows["landmarks"][row], points[chosen].reshape(10) * scale)
             embedding, _ = embedder._embed([crop_face(full, found[chosen] * scale, embedder.margin)])
             np.testing.assert_allclose(rows["embedding"][row], embedding[0], atol=1e-6)
     with pytest.raises(ValueError):
