@@ -153,7 +153,7 @@ def test_people_all_store_holds_everyone_and_one_row_per_frame(tmp_path, videos,
     n = 12
     assert reader.length("cross") == n and rows["frame"].tolist() == list(range(n))   # training's rows
     everyone = reader.row_set("cross", "people")
-    assert set(everyone) == {"frame", "person", "box", "prob", "embedding"}
+    assert set(everyone) == {"frame", "person", "box", "landmarks", "prob", "embedding"}
     assert np.all(np.diff(everyone["frame"]) >= 0) and everyone["frame"].max() < n
     ids = set(everyone["person"].tolist())
     assert len(ids) == 2                                                     # A and B, one id each
