@@ -21,7 +21,9 @@ from avfusion import visual as visual_stage
 from avfusion.audio import AudioEmbedder
 from avfusion.errors import CheckpointError, MediaError, PredictError
 from avfusion.evaluate import fold_dirs, merge_folds, postprocess
+from avfusion.extract import Extractor
 from avfusion.faces import FaceTrackEmbedder
+from avfusion.featuresets import compose, feature_set, store_name
 from avfusion.params import resolve_device
 from avfusion.store import file_sha256
 from avfusion.train import load_model
@@ -70,8 +72,24 @@ def checked_weights(path: str, provenance: dict, name: str) -> str:
     return path
 
 
+def plugin(name: str, provenance: dict, weights_dir: str, device: str) -> Extractor:
+    """A registry extractor of the model's feature set besides facenet and openl3 (vad, egemaps, ...),
+    built as its store was written: its output params from the provenance, its weight file checked."""
+    from avfusion.extractors import get_extractor
+    cls = get_extractor(name)
+    if provenance["extractor"] != cls.version:
+        raise PredictError(f"trained on {name} features of extractor {provenance['extractor']!r}, "
+                           f"this version has {cls.version!r}")
+    extractor = cls(provenance["params"], device)
+    if cls.weights:
+        extractor.weights = checked_weights(os.path.join(weights_dir, os.path.basename(cls.weights)),
+                                            provenance, name)
+    extractor.load()
+    return extractor
+
+
 class Predictor:
-    """The model's folds and both extractors, built once; `predict(path)` per video."""
+    """The model's folds and the extractors of its feature set, built once; `predict(path)` per video."""
 
     def __init__(self, model_dir: str = "models", weights_dir: str | None = None, device: str = "auto"):
         self.device = resolve_device(device)
@@ -82,30 +100,50 @@ class Predictor:
             raise PredictError(f"{model_dir}: its folds were trained on different features")
         self.warning = demo_warning(self.models[0][1])
         weights_dir = weights_dir or default_weights_dir(folds[0])
-        visual, audio = provenance["visual"], provenance["audio"]
+        self.features = feature_set(self.models[0][1]["fusion"])
+        names = self.features["visual"] + self.features["audio"]
+        # facenet finds the faces (and expression's boxes): its store's settings, or those expression recorded
+        visual = provenance.get("visual") or next((p["boxes"] for p in provenance.values() if "boxes" in p), None)
+        if visual is None:
+            raise PredictError(f"{folds[0]}: predict needs facenet to find faces, and this model's feature set "
+                               f"({', '.join(names)}) does not record its settings")
+        audio = provenance.get("audio")
         for name, prov, module in (("visual", visual, visual_stage), ("audio", audio, audio_stage)):
-            if prov["extractor"] != module.EXTRACTOR:
+            if prov and prov["extractor"] != module.EXTRACTOR:
                 raise PredictError(f"{folds[0]}: trained on {name} features of extractor {prov['extractor']!r}, "
                                    f"this version has {module.EXTRACTOR!r}")
-        vp, ap = visual["params"], audio["params"]
+        vp, ap = visual["params"], (audio or {}).get("params")
         self.faces = FaceTrackEmbedder(checked_weights(os.path.join(weights_dir, "visual.pt"), visual, "visual"),
                                        self.device, vp["detect_size"], vp["min_face"], vp["margin"],
                                        # stores from before these params existed used the old defaults
                                        vp.get("batch_size", 32), detect_every=vp.get("detect_every", 1))
-        self.voice = AudioEmbedder(checked_weights(os.path.join(weights_dir, "audio.h5"), audio, "audio"),
-                                   ap["input_repr"], ap["embedding_size"], ap["rate"], self.device,
-                                   silence_db=ap["silence_db"], silence_window=ap["silence_window"])
+        self.voice = None if audio is None else AudioEmbedder(
+            checked_weights(os.path.join(weights_dir, "audio.h5"), audio, "audio"),
+            ap["input_repr"], ap["embedding_size"], ap["rate"], self.device,
+            silence_db=ap["silence_db"], silence_window=ap["silence_window"])
+        self.plugins = {name: plugin(name, provenance[store_name(name)], weights_dir, self.device)
+                        for name in names if name not in ("facenet", "openl3")}
 
     def predict(self, path: str, smooth_valence: int = 0, smooth_arousal: int = 0) -> dict[str, np.ndarray]:
         """Per decoded frame: time, pred [n, 2] (clipped), face and audio presence. Raises MediaError."""
         face = self.faces.embed_video(path)
         if len(face["time"]) == 0:
             raise MediaError(f"{path}: no decodable video frames")
-        voice, voice_valid = self.voice.embed_video(path, face["time"])
-        folds = [predict_video(model, face["embedding"], face["valid"], voice, voice_valid,
+        rows = {"facenet": (face["embedding"], face["valid"])}
+        if self.voice is not None:
+            rows["openl3"] = self.voice.embed_video(path, face["time"])
+        for name, extractor in self.plugins.items():   # expression: on the faces found above
+            out = (extractor.on_faces(path, face["valid"], face["box"]) if hasattr(extractor, "on_faces")
+                   else extractor.rows({"video_id": os.path.basename(path), "path": path, "person": ""}))
+            if len(out["valid"]) != len(face["time"]):
+                raise MediaError(f"{path}: {name} gave {len(out['valid'])} rows for {len(face['time'])} frames")
+            rows[name] = (out["embedding"], out["valid"])
+        (visual, face_in, _), (voice, voice_in, _) = (compose([rows[n] for n in self.features[m]])
+                                                      for m in ("visual", "audio"))
+        folds = [predict_video(model, visual, face_in, voice, voice_in,
                                config["window"], config["hop"], self.device) for model, config in self.models]
         pred = postprocess(merge_folds(folds), True, smooth_valence, smooth_arousal)
-        return {"time": face["time"], "pred": pred, "face": face["valid"], "audio": voice_valid}
+        return {"time": face["time"], "pred": pred, "face": face_in, "audio": voice_in}
 
 
 def write_atomically(path: str, write) -> None:
