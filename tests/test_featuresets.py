@@ -16,6 +16,7 @@ from avfusion.outofcore import open_split
 from avfusion.params import FEATURE_SET_NAMES, validate
 from avfusion.store import FeatureReader, StoreWriter, bucket_of, store_path
 from avfusion.windows import load_split
+from test_predict import project  # noqa: F401 (fixture: seeded weights and a model of today's feature set)
 from test_train import FUSION, TRAIN
 from test_windows import DIM_AUDIO, make_dataset
 
@@ -144,3 +145,46 @@ def test_params_refuse_a_bad_feature_set_in_one_line_naming_the_key(value):
 def test_params_default_to_todays_feature_set():
     fusion = validate("fusion", {"type": "jca"})
     assert feature_set(fusion) == {"visual": ["facenet"], "audio": ["openl3"]} == feature_set({})
+
+
+def model_with_audio(project, root, audio: list[str], extra: dict) -> str:
+    """A copy of test_predict's project whose model reads `audio` (openl3 and plug-ins): the plug-ins'
+    provenance as their stores would record it, and the model sized for the joined columns."""
+    import json
+    import shutil
+
+    from avfusion.fusion import build_model
+    from avfusion.train import save_fold
+    shutil.copytree(project, root)
+    fold = os.path.join(root, "models", "fold-0")
+    config = json.load(open(os.path.join(fold, "config.json")))
+    config["fusion"]["audio"] = audio
+    config["provenance"].update(extra)
+    config["dim_audio"] = 512 + sum(EXTRACTORS[name]({}, "cpu").dim for name in extra)
+    model = build_model(config["fusion"], config["window"], config["dim_visual"], config["dim_audio"])
+    save_fold(fold, model.state_dict(), config)
+    return fold
+
+
+def test_predict_computes_the_plugin_extractors_of_the_models_feature_set(project, tmp_path, capsys):
+    from avfusion.cli import main
+    from avfusion.extractors import MfccExtractor
+    from avfusion.predict import Predictor
+    from test_predict import FRAMES, make_video
+    mfcc = {"extractor": MfccExtractor.version, "params": {}, "precision": "float32"}
+    fold = model_with_audio(project, str(tmp_path / "p"), ["openl3", "mfcc"], {"mfcc": mfcc})
+    video = make_video(tmp_path / "clip.mp4", True, True)
+    predictor = Predictor(fold, device="cpu")
+    result = predictor.predict(str(video))
+    assert result["pred"].shape == (FRAMES, 2) and np.isfinite(result["pred"]).all()
+    # the audio modality is present where openl3 and mfcc both are, as in training
+    _, openl3_valid = predictor.voice.embed_video(str(video), result["time"])
+    mfcc_valid = MfccExtractor({}, "cpu").rows({"path": str(video)})["valid"]
+    assert np.array_equal(result["audio"], openl3_valid & mfcc_valid) and result["audio"].any()
+
+    # a store written by another version of an extractor: one line, no output
+    stale = model_with_audio(project, str(tmp_path / "q"), ["openl3", "mfcc"], {"mfcc": {**mfcc, "extractor": "mfcc-torch/0"}})
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(video), "--out", str(out), "--model", stale, "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "trained on mfcc features of extractor 'mfcc-torch/0'" in err and "\n" not in err and not out.exists()
