@@ -5,7 +5,8 @@ An in-memory split (windows.Split) holds every embedding: about 11 GB at Aff-Wil
 in memory (valid flags and labels: 10 bytes a row) and reads the embeddings a batch needs from the
 memory-mapped stores (store.RawShardReader), so its memory does not grow with the features.
 
-It is a `Split` whose `visual` and `audio` are `StoreColumn`s: indexing one with row positions reads
+It is a `Split` whose `visual` and `audio` are `ModalityColumn`s (a `StoreColumn` per extractor of the
+feature set, side by side): indexing one with row positions reads
 those rows, so `Split.gather`, `predict_split` and training run unchanged, and every batch (hence every
 loss, model and prediction) is identical to the in-memory path's. Which path a stage takes is decided
 by `choose_data` from the features' size and the `data` / `memory_budget_gb` params of its section.
