@@ -188,3 +188,24 @@ def test_predict_computes_the_plugin_extractors_of_the_models_feature_set(projec
     assert main(["predict", str(video), "--out", str(out), "--model", stale, "--device", "cpu"]) == 1
     err = capsys.readouterr().err.strip()
     assert "trained on mfcc features of extractor 'mfcc-torch/0'" in err and "\n" not in err and not out.exists()
+
+
+@pytest.mark.slow
+def test_feature_set_experiments_run_only_train_and_evaluate(pipeline_repo):
+    import csv
+    import io
+    import json
+
+    from conftest import dvc, stages_run
+    repo = pipeline_repo
+    dvc("repro", cwd=repo)
+    failed = dvc("exp", "run", "-S", "fusion.audio=[mfcc]", cwd=repo, check=False)   # never extracted
+    assert failed.returncode != 0 and "fusion.audio needs mfcc features" in failed.stdout + failed.stderr
+    added = dvc("exp", "run", "-S", "features.extractors=[vad,mfcc]", "-S", "fusion.audio=[openl3]", cwd=repo)
+    assert stages_run(added.stdout) == {"extract@mfcc", "train", "evaluate"}
+    exp = dvc("exp", "run", "-S", "fusion.audio=[openl3,mfcc]", cwd=repo)
+    assert stages_run(exp.stdout) == {"train", "evaluate"}
+    config = json.load(open(os.path.join(repo, "models", "fold-0", "config.json")))
+    assert config["fusion"]["audio"] == ["openl3", "mfcc"] and config["dim_audio"] == 512 + 20
+    table = list(csv.DictReader(io.StringIO(dvc("exp", "show", "--csv", cwd=repo).stdout)))
+    assert any("mfcc" in row["fusion.audio"] and row["test.ccc_mean"] for row in table)
