@@ -183,7 +183,8 @@ def test_predict_computes_the_plugin_extractors_of_the_models_feature_set(projec
     assert np.array_equal(result["audio"], openl3_valid & mfcc_valid) and result["audio"].any()
 
     # a store written by another version of an extractor: one line, no output
-    stale = model_with_audio(project, str(tmp_path / "q"), ["openl3", "mfcc"], {"mfcc": {**mfcc, "extractor": "mfcc-torch/0"}})
+    stale = model_with_audio(project, str(tmp_path / "q"), ["openl3", "mfcc"],
+                             {"mfcc": {**mfcc, "extractor": "mfcc-torch/0"}})
     out = tmp_path / "pred.csv"
     assert main(["predict", str(video), "--out", str(out), "--model", stale, "--device", "cpu"]) == 1
     err = capsys.readouterr().err.strip()
