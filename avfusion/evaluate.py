@@ -25,18 +25,16 @@ import numpy as np
 from scipy.ndimage import uniform_filter1d
 
 from avfusion.errors import CheckpointError
+from avfusion.featuresets import feature_set, feature_stores
 from avfusion.manifest import MANIFEST, read_manifest
 from avfusion.metrics import INVALID, ccc, ccc_centring, split_ccc
 from avfusion.outofcore import choose_data, open_split
 from avfusion.params import load_params, resolve_device
 from avfusion.plots import DATA_DIR, PNG_DIR, write_plots
 from avfusion.recipes import eval_settings
-from avfusion.store import FeatureReader
 from avfusion.train import load_model
 from avfusion.windows import predict_split
 
-VISUAL = "data/features/visual"
-AUDIO = "data/features/audio"
 MODELS = "models"
 TRAIN_REPORTS = "reports/train"
 PREDICTIONS = "data/predictions"
@@ -175,32 +173,37 @@ def fold_dirs(models_dir: str) -> list[str]:
     return [d for _, d in numbered]
 
 
-def check_features(folds: list[str], configs: list[dict], visual_dir: str, audio_dir: str) -> None:
-    """Refuse to score models on features other than those they were trained on."""
-    stores = {"visual": visual_dir, "audio": audio_dir}
-    provenance = {name: FeatureReader(directory).provenance for name, directory in stores.items()}
+def check_features(folds: list[str], configs: list[dict], root: str = ".") -> tuple[list[str], list[str]]:
+    """The visual and audio store directories of the models' feature set (avfusion/featuresets.py),
+    after refusing models trained on other features than those stores hold."""
+    features = feature_set(configs[0]["fusion"])
+    visual, audio, provenance = feature_stores(features, root)
     for fold, config in zip(folds, configs):
-        for name, directory in stores.items():
-            if config["provenance"][name] != provenance[name]:
-                raise CheckpointError(f"{fold}: trained on other {name} features than {directory} holds "
-                                 "(re-run the train stage)")
+        if feature_set(config["fusion"]) != features:
+            raise CheckpointError(f"{fold}: trained on another feature set than {folds[0]} (re-run the train stage)")
+        for name, recorded in provenance.items():
+            if config["provenance"].get(name) != recorded:
+                raise CheckpointError(f"{fold}: trained on other {name} features than "
+                                      f"{os.path.join(root, 'data', 'features', name)} holds (re-run the train stage)")
+    return visual, audio
 
 
-def predict_all(params: dict, manifest: str, visual_dir: str, audio_dir: str, models_dir: str) -> list[VideoResult]:
+def predict_all(params: dict, manifest: str, models_dir: str, root: str = ".") -> list[VideoResult]:
+    """Every split's videos predicted by the folds in models_dir, from the stores of their feature set under root."""
     device = resolve_device(params.get("device", "auto"))
     directories = fold_dirs(models_dir)
     folds = [load_model(d, device) for d in directories]
-    check_features(directories, [config for _, config in folds], visual_dir, audio_dir)
+    visual_dirs, audio_dirs = check_features(directories, [config for _, config in folds], root)
     params = eval_settings(params, folds[0][1].get("eval"))
     entries = read_manifest(manifest)
     # one choice for all splits: the previous split is still held while the next one loads
-    held = choose_data(params, [e for e in entries if e["split"] in SPLITS], visual_dir, audio_dir)
+    held = choose_data(params, [e for e in entries if e["split"] in SPLITS], visual_dirs, audio_dirs)
     results = []
     for split in SPLITS:
         rows = [e for e in entries if e["split"] == split]
         if not rows:
             continue
-        data = open_split(rows, visual_dir, audio_dir, device, held)
+        data = open_split(rows, visual_dirs, audio_dirs, device, held)
         models = folds if split == "test" else folds[:1]
         fold_predictions = [predict_split(model, data, config["window"], config["hop"],
                                           config.get("last_window", "pad")) for model, config in models]
@@ -219,7 +222,7 @@ def predict_all(params: dict, manifest: str, visual_dir: str, audio_dir: str, mo
 def run(params: dict, root: str = ".") -> dict:
     """Predict, score and write every report under root; returns the metrics."""
     path = lambda p: os.path.join(root, p)   # noqa: E731
-    results = predict_all(params, path(MANIFEST), path(VISUAL), path(AUDIO), path(MODELS))
+    results = predict_all(params, path(MANIFEST), path(MODELS), root)
     if os.path.isdir(path(PREDICTIONS)):
         shutil.rmtree(path(PREDICTIONS))   # no stale files of videos that left the manifest
     for r in results:

@@ -5,7 +5,8 @@ An in-memory split (windows.Split) holds every embedding: about 11 GB at Aff-Wil
 in memory (valid flags and labels: 10 bytes a row) and reads the embeddings a batch needs from the
 memory-mapped stores (store.RawShardReader), so its memory does not grow with the features.
 
-It is a `Split` whose `visual` and `audio` are `StoreColumn`s: indexing one with row positions reads
+It is a `Split` whose `visual` and `audio` are `ModalityColumn`s (a `StoreColumn` per extractor of the
+feature set, side by side): indexing one with row positions reads
 those rows, so `Split.gather`, `predict_split` and training run unchanged, and every batch (hence every
 loss, model and prediction) is identical to the in-memory path's. Which path a stage takes is decided
 by `choose_data` from the features' size and the `data` / `memory_budget_gb` params of its section.
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from avfusion.store import FeatureReader
-from avfusion.windows import Split, _fit, load_labels, load_split, usable_entries
+from avfusion.windows import Modality, Split, extractor_parts, load_labels, load_split, usable_entries
 
 DATA_CHOICES = ("auto", "memory", "stores")
 MEMORY_BUDGET_GB = 2.0   # features held in memory at most (loading briefly needs twice that)
@@ -59,6 +60,20 @@ class StoreColumn:
         return torch.from_numpy(out[inverse.reshape(-1)].reshape(*pos.shape, self.shape[1])).to(self.device)
 
 
+class ModalityColumn:
+    """A modality's [N, dim] embeddings read from the stores of its extractors: their `StoreColumn`s
+    side by side (avfusion/featuresets.py)."""
+
+    def __init__(self, modality: Modality, video_ids: list[str], offsets: np.ndarray, device: str):
+        self.parts = [StoreColumn(reader, video_ids, offsets, device) for reader in modality.readers]
+        self.shape = (int(offsets[-1]), modality.dim)
+
+    def __getitem__(self, pos: torch.Tensor) -> torch.Tensor:
+        if len(self.parts) == 1:
+            return self.parts[0][pos]
+        return torch.cat([part[pos] for part in self.parts], dim=-1)
+
+
 class StoreSplit(Split):
     """A `Split` of the same videos, rows and windows whose embeddings stay in the stores.
 
@@ -66,37 +81,38 @@ class StoreSplit(Split):
     valid flags and labels (aligned on the annotation length the same way) without reading them.
     """
 
-    def __init__(self, entries: list[dict], visual: FeatureReader, audio: FeatureReader, device: str = "cpu"):
+    def __init__(self, entries: list[dict], visual: Modality, audio: Modality, device: str = "cpu"):
         if not entries:
             raise ValueError("a split needs at least one video")
         self.video_ids = [e["video_id"] for e in entries]
-        labels, visual_valid, audio_valid = [], [], []
+        labels, visual_each, audio_each = [], [], []
         for e in entries:
             vid = e["video_id"]
             rows = load_labels(e["labels"], max(visual.length(vid), audio.length(vid)))
             labels.append(rows)
-            for reader, valid in ((visual, visual_valid), (audio, audio_valid)):
-                valid.append(_fit(reader.rows(vid, columns=("valid",))["valid"], len(rows)))
+            visual_each.append(visual.valid(vid, len(rows)))
+            audio_each.append(audio.valid(vid, len(rows)))
         self.offsets = np.concatenate([[0], np.cumsum([len(rows) for rows in labels])]).astype(np.int64)
-        self.visual_valid = torch.from_numpy(np.concatenate(visual_valid)).to(device, torch.bool)
-        self.audio_valid = torch.from_numpy(np.concatenate(audio_valid)).to(device, torch.bool)
+        for name, modality, each in (("visual", visual, visual_each), ("audio", audio, audio_each)):
+            each = torch.from_numpy(np.concatenate(each)).to(device, torch.bool)
+            setattr(self, f"{name}_valid", each.all(dim=1))
+            setattr(self, f"{name}_parts", extractor_parts(each, modality.columns, modality.dim))
+            setattr(self, name, ModalityColumn(modality, self.video_ids, self.offsets, device))
         self.labels = torch.from_numpy(np.concatenate(labels)).to(device, torch.float32)
-        self.visual = StoreColumn(visual, self.video_ids, self.offsets, device)
-        self.audio = StoreColumn(audio, self.video_ids, self.offsets, device)
         self.device = device
 
 
-def feature_bytes(entries: list[dict], visual_dir: str, audio_dir: str) -> int:
+def feature_bytes(entries: list[dict], visual_dirs: str | list[str], audio_dirs: str | list[str]) -> int:
     """Bytes of float32 embeddings an in-memory split of these videos would hold (feature rows)."""
     total = 0
-    for directory in (visual_dir, audio_dir):
-        reader = FeatureReader(directory)
-        rows = sum(reader.length(e["video_id"]) for e in entries)
-        total += 4 * rows * reader.dim
+    for directories in (visual_dirs, audio_dirs):
+        for reader in Modality(directories).readers:
+            rows = sum(reader.length(e["video_id"]) for e in entries)
+            total += 4 * rows * reader.dim
     return total
 
 
-def choose_data(params: dict, entries: list[dict], visual_dir: str, audio_dir: str) -> str:
+def choose_data(params: dict, entries: list[dict], visual_dirs: str | list[str], audio_dirs: str | list[str]) -> str:
     """`memory` or `stores` for these videos: a section's `data` (auto | memory | stores); `auto`
     keeps the splits in memory when their embeddings fit in `memory_budget_gb`."""
     data = params.get("data", "auto")
@@ -105,12 +121,14 @@ def choose_data(params: dict, entries: list[dict], visual_dir: str, audio_dir: s
     if data != "auto":
         return data
     budget = float(params.get("memory_budget_gb", MEMORY_BUDGET_GB)) * 2**30
-    return "memory" if feature_bytes(entries, visual_dir, audio_dir) <= budget else "stores"
+    return "memory" if feature_bytes(entries, visual_dirs, audio_dirs) <= budget else "stores"
 
 
-def open_split(entries: list[dict], visual_dir: str, audio_dir: str, device: str, data: str) -> Split:
-    """The split of these manifest rows: in memory (`load_split`) or read from the stores per batch."""
+def open_split(entries: list[dict], visual_dirs: str | list[str], audio_dirs: str | list[str], device: str,
+               data: str) -> Split:
+    """The split of these manifest rows (each modality: a store directory or its feature set's, as
+    `load_split`): in memory (`load_split`) or read from the stores per batch."""
     if data == "memory":
-        return load_split(entries, visual_dir, audio_dir, device)
-    visual, audio = FeatureReader(visual_dir), FeatureReader(audio_dir)
+        return load_split(entries, visual_dirs, audio_dirs, device)
+    visual, audio = Modality(visual_dirs), Modality(audio_dirs)
     return StoreSplit(usable_entries(entries, visual, audio), visual, audio, device)

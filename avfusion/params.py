@@ -83,6 +83,12 @@ def numbers(gt=None, default=REQUIRED) -> Key:
                lambda v: isinstance(v, list) and bool(v) and all(_is_number(x) and within(x) for x in v), default)
 
 
+def extractor_list(default: list[str]) -> Key:
+    return Key(f"a non-empty list of distinct extractor names ({', '.join(FEATURE_SET_NAMES)})",
+               lambda v: isinstance(v, list) and bool(v) and all(isinstance(n, str) and n in FEATURE_SET_NAMES
+                                                                 for n in v) and len(set(v)) == len(v), default)
+
+
 def weights(*named: str) -> Key:
     # Whether the file exists is checked by the weights stage (weights.check_spec), the one stage that
     # reads it: the extraction stages use its copy in data/weights/, which a teammate may have pulled.
@@ -98,6 +104,8 @@ MEMORY_BUDGET = number(gt=0, default=2)                           # GB of embedd
 # The plug-ins a features.extractors list may name (avfusion/extractors.py; facenet and openl3 have their
 # own stages, visual and audio)
 EXTRACTOR_NAMES = ("vad", "egemaps", "logmel", "mfcc", "expression", "landmarks")
+# What a model's feature set (fusion.visual, fusion.audio; avfusion/featuresets.py) may name: every extractor
+FEATURE_SET_NAMES = ("facenet", "openl3", *EXTRACTOR_NAMES)
 # The audio descriptor extractors run on the CPU, one process per store
 AUDIO_DESCRIPTOR = {"stores": integer(ge=1), "workers": integer(ge=1, default=1), "on_error": ON_ERROR}
 
@@ -180,6 +188,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "output": by_recipe(one_of("tanh", "linear")),
         "tcn_dropout_kind": by_recipe(one_of("element", "channel")),
         "ridge_alphas": numbers(gt=0, default=[1, 10, 100, 1000, 10000, 100000]),
+        "visual": extractor_list(default=["facenet"]),   # the model's feature set (avfusion/featuresets.py)
+        "audio": extractor_list(default=["openl3"]),
     },
     "train": {
         "recipe": one_of("default", "jca_paper", "lfan_paper", default="default"),   # recipes.RECIPES

@@ -21,7 +21,9 @@ from avfusion import visual as visual_stage
 from avfusion.audio import AudioEmbedder
 from avfusion.errors import CheckpointError, MediaError, PredictError
 from avfusion.evaluate import fold_dirs, merge_folds, postprocess
+from avfusion.extract import Extractor
 from avfusion.faces import FaceTrackEmbedder
+from avfusion.featuresets import compose, feature_set, store_name
 from avfusion.params import resolve_device
 from avfusion.store import file_sha256
 from avfusion.tracks import people_summary, person_rows
@@ -72,8 +74,24 @@ def checked_weights(path: str, provenance: dict, name: str) -> str:
     return path
 
 
+def plugin(name: str, provenance: dict, weights_dir: str, device: str) -> Extractor:
+    """A registry extractor of the model's feature set besides facenet and openl3 (vad, egemaps, ...),
+    built as its store was written: its output params from the provenance, its weight file checked."""
+    from avfusion.extractors import get_extractor
+    cls = get_extractor(name)
+    if provenance["extractor"] != cls.version:
+        raise PredictError(f"trained on {name} features of extractor {provenance['extractor']!r}, "
+                           f"this version has {cls.version!r}")
+    extractor = cls(provenance["params"], device)
+    if cls.weights:
+        extractor.weights = checked_weights(os.path.join(weights_dir, os.path.basename(cls.weights)),
+                                            provenance, name)
+    extractor.load()
+    return extractor
+
+
 class Predictor:
-    """The model's folds and both extractors, built once; `predict(path)` per video."""
+    """The model's folds and the extractors of its feature set, built once; `predict(path)` per video."""
 
     def __init__(self, model_dir: str = "models", weights_dir: str | None = None, device: str = "auto"):
         self.device = resolve_device(device)
@@ -84,28 +102,42 @@ class Predictor:
             raise PredictError(f"{model_dir}: its folds were trained on different features")
         self.warning = demo_warning(self.models[0][1])
         weights_dir = weights_dir or default_weights_dir(folds[0])
-        visual, audio = provenance["visual"], provenance["audio"]
+        self.features = feature_set(self.models[0][1]["fusion"])
+        names = self.features["visual"] + self.features["audio"]
+        # facenet finds the faces (and expression's boxes): its store's settings, or those expression recorded
+        visual = provenance.get("visual") or next((p["boxes"] for p in provenance.values() if "boxes" in p), None)
+        if visual is None:
+            raise PredictError(f"{folds[0]}: predict needs facenet to find faces, and this model's feature set "
+                               f"({', '.join(names)}) does not record its settings")
+        audio = provenance.get("audio")
         for name, prov, module in (("visual", visual, visual_stage), ("audio", audio, audio_stage)):
-            if prov["extractor"] != module.EXTRACTOR:
+            if prov and prov["extractor"] != module.EXTRACTOR:
                 raise PredictError(f"{folds[0]}: trained on {name} features of extractor {prov['extractor']!r}, "
                                    f"this version has {module.EXTRACTOR!r}")
-        vp, ap = visual["params"], audio["params"]
+        vp, ap = visual["params"], (audio or {}).get("params")
         self.faces = FaceTrackEmbedder(checked_weights(os.path.join(weights_dir, "visual.pt"), visual, "visual"),
                                        self.device, vp["detect_size"], vp["min_face"], vp["margin"],
                                        # stores from before these params existed used the old defaults
                                        vp.get("batch_size", 32), detect_every=vp.get("detect_every", 1))
-        self.voice = AudioEmbedder(checked_weights(os.path.join(weights_dir, "audio.h5"), audio, "audio"),
-                                   ap["input_repr"], ap["embedding_size"], ap["rate"], self.device,
-                                   silence_db=ap["silence_db"], silence_window=ap["silence_window"])
+        self.voice = None if audio is None else AudioEmbedder(
+            checked_weights(os.path.join(weights_dir, "audio.h5"), audio, "audio"),
+            ap["input_repr"], ap["embedding_size"], ap["rate"], self.device,
+            silence_db=ap["silence_db"], silence_window=ap["silence_window"])
+        self.speech, self.vad_threshold = None, None
+        if audio is not None and audio.get("valid_from") == "vad":
+            from avfusion.vad import VoiceActivity
+            self.speech, self.vad_threshold = VoiceActivity(), audio["vad_threshold"]
+        self.plugins = {name: plugin(name, provenance[store_name(name)], weights_dir, self.device)
+                        for name in names if name not in ("facenet", "openl3")}
 
     def predict(self, path: str, smooth_valence: int = 0, smooth_arousal: int = 0) -> dict[str, np.ndarray]:
         """Per decoded frame: time, pred [n, 2] (clipped), face and audio presence. Raises MediaError."""
         face = self.faces.embed_video(path)
         if len(face["time"]) == 0:
             raise MediaError(f"{path}: no decodable video frames")
-        voice, voice_valid = self.voice.embed_video(path, face["time"])
-        pred = self._valence_arousal(face, voice, voice_valid, smooth_valence, smooth_arousal)
-        return {"time": face["time"], "pred": pred, "face": face["valid"], "audio": voice_valid, "box": face["box"]}
+        voice = self._video_features(path, face["time"])
+        pred, face_in, voice_in = self._valence_arousal(path, face, voice, smooth_valence, smooth_arousal)
+        return {"time": face["time"], "pred": pred, "face": face_in, "audio": voice_in, "box": face["box"]}
 
     def predict_people(self, path: str, smooth_valence: int = 0, smooth_arousal: int = 0) -> dict:
         """Everyone tracked in the video (avfusion/tracks.py): per decoded frame `time` and `audio`
@@ -116,19 +148,48 @@ class Predictor:
         everyone = self.faces.embed_people(path)
         if len(everyone["time"]) == 0:
             raise MediaError(f"{path}: no decodable video frames")
-        voice, voice_valid = self.voice.embed_video(path, everyone["time"])
+        voice = self._video_features(path, everyone["time"])
         people = []
         for track in people_summary(everyone):
             rows = person_rows(everyone, track.person)
-            people.append({"person": track.person, "face": rows["valid"], "box": rows["box"],
-                           "pred": self._valence_arousal(rows, voice, voice_valid, smooth_valence, smooth_arousal)})
-        return {"time": everyone["time"], "audio": voice_valid, "people": people}
+            pred, _, _ = self._valence_arousal(path, rows, voice, smooth_valence, smooth_arousal)
+            people.append({"person": track.person, "face": rows["valid"], "box": rows["box"], "pred": pred})
+        voice_in = compose([voice[name] for name in self.features["audio"]])[1]
+        return {"time": everyone["time"], "audio": voice_in, "people": people}
 
-    def _valence_arousal(self, face: dict, voice: np.ndarray, voice_valid: np.ndarray,
-                         smooth_valence: int, smooth_arousal: int) -> np.ndarray:
-        folds = [predict_video(model, face["embedding"], face["valid"], voice, voice_valid,
+    def _video_features(self, path: str, times: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """The feature set's extractors that read the whole video, not a face: (embedding, valid) by name."""
+        rows = {}
+        if self.voice is not None:
+            gate = None
+            if self.speech is not None:     # the store's `audio.valid_from: vad`
+                speech = self.speech.frames(path, times)
+                gate = speech.valid & (speech.features[:, 0] >= self.vad_threshold)
+            rows["openl3"] = self.voice.embed_video(path, times, gate)
+        for name, extractor in self.plugins.items():
+            if not hasattr(extractor, "on_faces"):
+                rows[name] = self._checked(path, name, extractor.rows({"video_id": os.path.basename(path),
+                                                                        "path": path, "person": ""}), times)
+        return rows
+
+    def _valence_arousal(self, path: str, face: dict, video_rows: dict, smooth_valence: int,
+                         smooth_arousal: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One face track's prediction [n, 2] (clipped) and the presence of its visual and audio features."""
+        rows = {"facenet": (face["embedding"], face["valid"]), **video_rows}
+        for name, extractor in self.plugins.items():   # expression, landmarks: on the faces found above
+            if hasattr(extractor, "on_faces"):
+                rows[name] = self._checked(path, name, extractor.on_faces(path, face), face["time"])
+        (visual, face_in, _), (voice, voice_in, _) = (compose([rows[n] for n in self.features[m]])
+                                                      for m in ("visual", "audio"))
+        folds = [predict_video(model, visual, face_in, voice, voice_in,
                                config["window"], config["hop"], self.device) for model, config in self.models]
-        return postprocess(merge_folds(folds), True, smooth_valence, smooth_arousal)
+        return postprocess(merge_folds(folds), True, smooth_valence, smooth_arousal), face_in, voice_in
+
+    @staticmethod
+    def _checked(path: str, name: str, out: dict, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if len(out["valid"]) != len(times):
+            raise MediaError(f"{path}: {name} gave {len(out['valid'])} rows for {len(times)} frames")
+        return out["embedding"], out["valid"]
 
 
 def write_atomically(path: str, write) -> None:

@@ -34,17 +34,15 @@ import torch.distributed as dist
 from sklearn.model_selection import GroupKFold
 
 from avfusion.errors import CheckpointError, DatasetError
+from avfusion.featuresets import feature_set, feature_stores
 from avfusion.manifest import MANIFEST, read_manifest
 from avfusion.fusion import build_model
 from avfusion.metrics import INVALID, LOSSES, split_ccc
 from avfusion.outofcore import choose_data, open_split
 from avfusion.params import resolve_device
 from avfusion.recipes import RECIPES, resolve
-from avfusion.store import FeatureReader
 from avfusion.windows import Split, autocast, predict_split
 
-VISUAL = "data/features/visual"
-AUDIO = "data/features/audio"
 MODELS = "models"
 REPORTS = "reports/train"
 STATISTICS_BYTES = 256 << 20   # rows the normalisation statistics read at most, per modality
@@ -85,20 +83,26 @@ def fold_entries(manifest: list[dict], folds: int) -> list[tuple[list[dict], lis
 
 
 def feature_statistics(split: Split) -> list[torch.Tensor]:
-    """Mean and std of each modality over its valid training rows (std floored: no division blow-ups).
+    """Mean and std of each modality per feature (std floored: no division blow-ups), each extractor's
+    columns over the training rows where that extractor is valid (avfusion/featuresets.py).
 
-    Past STATISTICS_BYTES of valid rows, over evenly spaced ones: bounded memory for splits read from
-    the stores, and the same rows whichever way the split is held.
+    Past STATISTICS_BYTES of a modality's rows, over evenly spaced ones: bounded memory for splits
+    read from the stores, and the same rows whichever way the split is held.
     """
     stats = []
-    for x, valid in ((split.visual, split.visual_valid), (split.audio, split.audio_valid)):
-        index = valid.nonzero().squeeze(1)
+    for x, parts in ((split.visual, split.visual_parts), (split.audio, split.audio_parts)):
         most = max(1, STATISTICS_BYTES // (4 * x.shape[1]))
-        if len(index) > most:
-            index = index[torch.arange(most, device=index.device) * len(index) // most]
-        rows = x[index] if len(index) else torch.zeros(1, x.shape[1], device=valid.device)
-        mean, std = rows.mean(0), rows.std(0, unbiased=False)
-        stats += [mean.cpu(), std.clamp_min(1e-3 * float(std.mean()) + 1e-8).cpu()]
+        means, stds = [], []
+        for columns, valid in parts:
+            index = valid.nonzero().squeeze(1)
+            if len(index) > most:
+                index = index[torch.arange(most, device=index.device) * len(index) // most]
+            rows = x[index][:, columns] if len(index) else torch.zeros(1, columns.stop - columns.start,
+                                                                       device=valid.device)
+            mean, std = rows.mean(0), rows.std(0, unbiased=False)
+            means.append(mean.cpu())
+            stds.append(std.clamp_min(1e-3 * float(std.mean()) + 1e-8).cpu())
+        stats += [torch.cat(means), torch.cat(stds)]
     return stats
 
 
@@ -304,11 +308,11 @@ def run(fusion: dict, params: dict, root: str = ".", trained_on: dict | None = N
     fusion, params, eval_defaults = resolve(fusion, params)
     settings = {"fusion": {k: fusion[k] for k in RECIPES["default"]["fusion"]},
                 "train": {k: params[k] for k in ("recipe", *RECIPES["default"]["train"])}}
+    # a store not extracted stops here, in one line, before anything is trained or removed
+    visual, audio, provenance = feature_stores(feature_set(fusion), root)
     rank, world, device = distributed_setup(params.get("device", "auto"))
     path = lambda p: os.path.join(root, p)   # noqa: E731
     manifest = read_manifest(path(MANIFEST))
-    provenance = {"visual": FeatureReader(path(VISUAL)).provenance,
-                  "audio": FeatureReader(path(AUDIO)).provenance}
     live = None
     if rank == 0:
         for old in glob.glob(path(os.path.join(MODELS, "fold-*"))):
@@ -318,9 +322,9 @@ def run(fusion: dict, params: dict, root: str = ".", trained_on: dict | None = N
         live.summary["settings"] = settings   # what ran, beside the scores, for `dvc exp show`
     summaries = []
     for fold, (train_rows, validation_rows) in enumerate(fold_entries(manifest, params.get("folds", 1))):
-        data = choose_data(params, train_rows + validation_rows, path(VISUAL), path(AUDIO))
-        train = open_split(train_rows, path(VISUAL), path(AUDIO), device, data)
-        validation = open_split(validation_rows, path(VISUAL), path(AUDIO), device, data)
+        data = choose_data(params, train_rows + validation_rows, visual, audio)
+        train = open_split(train_rows, visual, audio, device, data)
+        validation = open_split(validation_rows, visual, audio, device, data)
         if fusion["type"] == "ridge":
             state, summary = fit_ridge(fold, train, validation, fusion, params, live)
         else:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from avfusion.annotations import read_labels
+from avfusion.featuresets import compose
 from avfusion.metrics import INVALID
 from avfusion.store import FeatureReader
 
@@ -31,6 +32,13 @@ class Video:
     audio: np.ndarray          # [n, Da] float32
     audio_valid: np.ndarray    # [n] bool
     labels: np.ndarray         # [n, 2] float32, INVALID where not annotated
+    visual_each: np.ndarray | None = None   # [n, k] bool: each of the modality's k extractors valid
+    audio_each: np.ndarray | None = None    # (None: one extractor, whose flag is the modality's)
+
+    def __post_init__(self):
+        for name in ("visual", "audio"):
+            if getattr(self, f"{name}_each") is None:
+                setattr(self, f"{name}_each", getattr(self, f"{name}_valid")[:, None])
 
 
 def load_labels(path: str, frames: int) -> np.ndarray:
@@ -49,13 +57,38 @@ def _fit(rows: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate([rows, np.zeros((n - len(rows), *rows.shape[1:]), rows.dtype)])
 
 
-def load_video(video_id: str, labels_path: str, visual: FeatureReader, audio: FeatureReader) -> Video:
-    v = visual.rows(video_id, columns=("embedding", "valid"))
-    a = audio.rows(video_id, columns=("embedding", "valid"))
+class Modality:
+    """One modality's stores read as one: the extractors of its feature set, in order
+    (avfusion/featuresets.py: blocks side by side, present where every extractor is valid)."""
+
+    def __init__(self, directories: str | list[str]):
+        directories = [directories] if isinstance(directories, str) else list(directories)
+        self.readers = [FeatureReader(d) for d in directories]
+        widths = np.cumsum([0] + [reader.dim for reader in self.readers])
+        self.columns = [slice(int(a), int(b)) for a, b in zip(widths[:-1], widths[1:])]   # each extractor's
+        self.dim = int(widths[-1])
+
+    def length(self, video_id: str) -> int:
+        """Rows the stores hold for the video (0: skipped by extraction)."""
+        return max(reader.length(video_id) for reader in self.readers)
+
+    def rows(self, video_id: str, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(embedding [n, dim], present [n], valid per extractor [n, k]), cut or padded to n rows."""
+        parts = [reader.rows(video_id, columns=("embedding", "valid")) for reader in self.readers]
+        return compose([(_fit(p["embedding"], n), _fit(p["valid"], n)) for p in parts])
+
+    def valid(self, video_id: str, n: int) -> np.ndarray:
+        """[n, k]: each extractor's valid flag, without reading the embeddings."""
+        return np.stack([_fit(reader.rows(video_id, columns=("valid",))["valid"], n)
+                         for reader in self.readers], axis=1)
+
+
+def load_video(video_id: str, labels_path: str, visual: Modality, audio: Modality) -> Video:
     labels = load_labels(labels_path, max(visual.length(video_id), audio.length(video_id)))
     n = len(labels)
-    return Video(video_id, _fit(v["embedding"], n), _fit(v["valid"], n),
-                 _fit(a["embedding"], n), _fit(a["valid"], n), labels)
+    v, v_valid, v_each = visual.rows(video_id, n)
+    a, a_valid, a_each = audio.rows(video_id, n)
+    return Video(video_id, v, v_valid, a, a_valid, labels, v_each, a_each)
 
 
 def window_starts(n: int, window: int, hop: int, last: str = "pad") -> list[int]:
@@ -72,10 +105,19 @@ def window_starts(n: int, window: int, hop: int, last: str = "pad") -> list[int]
     return starts
 
 
-class Split:
-    """Videos of one split as flat tensors on one device; `offsets[i]:offsets[i+1]` is video i."""
+def extractor_parts(each: torch.Tensor, columns: list[slice] | None, dim: int) -> list[tuple[slice, torch.Tensor]]:
+    """(columns, valid [N]) of each extractor of a modality, from its flags `each` [N, k]."""
+    return [(c, each[:, j]) for j, c in enumerate(columns or [slice(0, dim)])]
 
-    def __init__(self, videos: list[Video], device: str = "cpu"):
+
+class Split:
+    """Videos of one split as flat tensors on one device; `offsets[i]:offsets[i+1]` is video i.
+
+    `visual_parts` / `audio_parts`: each extractor's columns and where it is valid (its training
+    statistics are taken there); `columns` gives them per modality (default: one extractor each).
+    """
+
+    def __init__(self, videos: list[Video], device: str = "cpu", columns: dict[str, list[slice]] | None = None):
         if not videos:
             raise ValueError("a split needs at least one video")
         self.video_ids = [v.video_id for v in videos]
@@ -90,6 +132,10 @@ class Split:
         self.audio = flat("audio", torch.float32)
         self.audio_valid = flat("audio_valid", torch.bool)
         self.labels = flat("labels", torch.float32)
+        self.visual_parts = extractor_parts(flat("visual_each", torch.bool), (columns or {}).get("visual"),
+                                            self.visual.shape[1])
+        self.audio_parts = extractor_parts(flat("audio_each", torch.bool), (columns or {}).get("audio"),
+                                           self.audio.shape[1])
         self.device = device
 
     def __len__(self) -> int:
@@ -129,18 +175,21 @@ class Split:
                 for vid, lo, hi in zip(self.video_ids, self.offsets[:-1], self.offsets[1:])}
 
 
-def load_split(entries: list[dict], visual_dir: str, audio_dir: str, device: str = "cpu") -> Split:
-    """entries: manifest rows (`video_id`, `labels`).
+def load_split(entries: list[dict], visual_dirs: str | list[str], audio_dirs: str | list[str],
+               device: str = "cpu") -> Split:
+    """entries: manifest rows (`video_id`, `labels`); each modality's store directory, or those of its
+    feature set's extractors (avfusion/featuresets.py).
 
-    A video with no rows in either store was skipped as unreadable by the extraction stages
+    A video with no rows in any store was skipped as unreadable by the extraction stages
     (`on_error: skip`, listed in reports/skipped_*.json): it is left out, not scored as featureless.
     """
-    visual, audio = FeatureReader(visual_dir), FeatureReader(audio_dir)
+    visual, audio = Modality(visual_dirs), Modality(audio_dirs)
     usable = usable_entries(entries, visual, audio)
-    return Split([load_video(e["video_id"], e["labels"], visual, audio) for e in usable], device)
+    return Split([load_video(e["video_id"], e["labels"], visual, audio) for e in usable], device,
+                 {"visual": visual.columns, "audio": audio.columns})
 
 
-def usable_entries(entries: list[dict], visual: FeatureReader, audio: FeatureReader) -> list[dict]:
+def usable_entries(entries: list[dict], visual: Modality, audio: Modality) -> list[dict]:
     """The entries with rows in either store (see `load_split`)."""
     usable = [e for e in entries if visual.length(e["video_id"]) or audio.length(e["video_id"])]
     for e in entries:
