@@ -40,6 +40,7 @@ from bench_store_scale import dvc, files_and_bytes, sh  # noqa: E402
 from avfusion.annotations import write_labels  # noqa: E402
 from avfusion.metrics import INVALID  # noqa: E402
 from avfusion.outofcore import choose_data, open_split  # noqa: E402
+from avfusion.recipes import resolve  # noqa: E402
 from avfusion.store import StoreWriter, bucket_of, store_path  # noqa: E402
 from avfusion.windows import window_starts  # noqa: E402
 
@@ -130,7 +131,13 @@ def write_params(root: str, hop: int, data: str) -> dict:
     params["eval"].update(device="cpu", data=data)
     with open(os.path.join(root, "params.yaml"), "w") as f:
         yaml.safe_dump(params, f, sort_keys=False)
-    return params
+    return resolved(params)
+
+
+def resolved(params: dict) -> dict:
+    """The params as the train stage sees them: the recipe's values in place of nulls (window, hop, ...)."""
+    fusion, train, _ = resolve(params["fusion"], params["train"])
+    return {**params, "fusion": fusion, "train": train}
 
 
 # A stage in its own process: the real entry point, then that process's own peak RSS.
@@ -214,7 +221,7 @@ def throughput(root: str, frames: int, hop: int, steps: int, reps: int) -> dict:
             subset.append(e)
             total += int(e["frames"])
     with open(os.path.join(root, "params.yaml")) as f:
-        params = yaml.safe_load(f)
+        params = resolved(yaml.safe_load(f))
     dirs = os.path.join(root, "data/features/visual"), os.path.join(root, "data/features/audio")
     trainers = {data: Trainer(params["fusion"]["type"], open_split(subset, *dirs, "cpu", data),
                               {**params["train"], "hop": hop}, params["fusion"]) for data in ("memory", "stores")}
@@ -328,7 +335,7 @@ def write(report: dict, out: str) -> None:
     merge_into_report(os.path.join(out, "bench.json"), "affwild2_scale", report)
     with open(os.path.join(out, "scale.md"), "w") as f:
         f.write(markdown(report))
-    print(f"wrote {path} (affwild2_scale) and {os.path.join(out, 'scale.md')}", flush=True)
+    print(f"wrote {os.path.join(out, 'bench.json')} (affwild2_scale) and {os.path.join(out, 'scale.md')}", flush=True)
 
 
 def gb(x: float) -> str:
