@@ -304,11 +304,6 @@ def main() -> None:
     parser.add_argument("--out", default=os.path.join(REPO, "reports"))
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count())
-    path = os.path.join(args.out, "bench.json")
-    report = {}
-    if os.path.exists(path):
-        with open(path) as f:
-            report = json.load(f).get("affwild2_scale", {})
     for name in args.only:
         print(f"== {name} (load {load()})", flush=True)
         began = time.perf_counter()
@@ -319,15 +314,26 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
         result.update(load_after=load(), seconds=round(time.perf_counter() - began),
                       finished=datetime.datetime.now().isoformat(timespec="seconds"), cores=os.cpu_count())
-        report[name] = result
         print(json.dumps({k: v for k, v in result.items() if k in ("ratio_median", "windows_per_s")}), flush=True)
-        runs = ([report["main"]["run"]] if "main" in report else []) + report.get("wide", {}).get("runs", [])
-        peaks = [x[stage]["peak_rss_gb"] for x in runs for stage in ("train", "evaluate")]
-        report["metrics"] = {"peak_rss_gb": max(peaks)} if peaks else {}
-        tp = report.get("throughput") or report.get("main", {}).get("throughput")
-        if tp:
-            report["metrics"]["out_of_core_vs_in_memory_throughput"] = tp["ratio_median"]
-        write(report, args.out)
+        record(args.out, name, result)
+
+
+def record(out: str, name: str, result: dict) -> None:
+    """Set one section of `affwild2_scale`, re-read just before writing so that the sections another
+    invocation wrote meanwhile are kept, and recompute the metrics over all sections."""
+    path = os.path.join(out, "bench.json")
+    report = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            report = json.load(f).get("affwild2_scale", {})
+    report[name] = result
+    runs = ([report["main"]["run"]] if "main" in report else []) + report.get("wide", {}).get("runs", [])
+    peaks = [x[stage]["peak_rss_gb"] for x in runs for stage in ("train", "evaluate")]
+    report["metrics"] = {"peak_rss_gb": max(peaks)} if peaks else {}
+    tp = report.get("throughput") or report.get("main", {}).get("throughput")
+    if tp:
+        report["metrics"]["out_of_core_vs_in_memory_throughput"] = tp["ratio_median"]
+    write(report, out)
 
 
 def write(report: dict, out: str) -> None:
