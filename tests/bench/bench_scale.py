@@ -367,7 +367,7 @@ def markdown(report: dict) -> str:
              "the real `train` (1 epoch) and `evaluate` stages, each in its own process (peak RSS: that "
              "process's `ru_maxrss`). Labels have 5 % of frames in `-5` runs; 10 % of frames have no face and "
              "25 % no voice (zero embeddings, valid false), in runs of up to 30 s.", "",
-             f"Largest peak RSS over these runs: **{report['metrics']['peak_rss_gb']} GB** (bound: 6 GB).", "",
+             f"Largest peak RSS over these runs: **{report['metrics'].get('peak_rss_gb', 'none run')} GB** (bound: 6 GB).", "",
              throughput,
              "| run | stage | wall s | peak RSS GB | epoch s (incl. validation scoring) | training windows | "
              "windows/s |", "|---|---|---|---|---|---|---|"]
