@@ -332,7 +332,10 @@ def record(out: str, name: str, result: dict) -> None:
     report["metrics"] = {"peak_rss_gb": max(peaks)} if peaks else {}
     tp = report.get("throughput") or report.get("main", {}).get("throughput")
     if tp:
-        report["metrics"]["out_of_core_vs_in_memory_throughput"] = tp["ratio_median"]
+        # repeats of the section on a noisy machine (kept under throughput_repeats): the median of the runs
+        ratios = [x["ratio_median"] for x in [tp, *report.get("throughput_repeats", [])]]
+        report["metrics"]["out_of_core_vs_in_memory_throughput"] = r(med(ratios))
+        report["metrics"]["out_of_core_vs_in_memory_throughput_runs"] = ratios
     write(report, out)
 
 
@@ -359,8 +362,9 @@ def stage_rows(x: dict) -> list[str]:
 def markdown(report: dict) -> str:
     main, wide = report.get("main"), report.get("wide")
     ratio = report["metrics"].get("out_of_core_vs_in_memory_throughput")
-    throughput = (f"Out of core vs in memory, training throughput (median of per-rep ratios): **{ratio}** "
-                  "(target ≥ 0.7).\n" if ratio else "")
+    runs = report["metrics"].get("out_of_core_vs_in_memory_throughput_runs", [ratio])
+    throughput = (f"Out of core vs in memory, training throughput (median of per-rep ratios; median over "
+                  f"{len(runs)} run(s) {runs}): **{ratio}** (target ≥ 0.7).\n" if ratio else "")
     lines = ["# Aff-Wild2-sized training and evaluation", "",
              "Produced by `tests/bench/bench_scale.py` on the CPU. Synthetic stores written by `StoreWriter` in "
              "the real format (no extraction; random embeddings: speed and memory do not depend on their values); "
