@@ -58,7 +58,9 @@ def load_embedder(weights: str | dict, device: str) -> InceptionResnetV1:
     state = torch.load(weights, map_location="cpu", weights_only=True) if isinstance(weights, str) else weights
     net = InceptionResnetV1(pretrained=None, classify=False)
     net.load_state_dict({k: v for k, v in state.items() if not k.startswith("logits.")})
-    return net.eval().to(device)
+    # channels-last: the embedding runs ~15% faster on the CPU (street clip, 1 thread: detect-and-track
+    # 22.8 -> 26.2 frames/s, detection on every frame 9.4 -> 9.9; reports/bench.json detect_and_track)
+    return net.eval().to(device, memory_format=torch.channels_last)
 
 
 class FaceDetector:
@@ -290,7 +292,7 @@ class FaceTrackEmbedder:
     @torch.inference_mode()
     def _embed(self, crops: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         self._pooled.clear()
-        batch = torch.stack(crops).to(self.device)
+        batch = torch.stack(crops).to(self.device).contiguous(memory_format=torch.channels_last)
         # fp16 autocast only on CUDA: CPU output stays float32 and bit-reproducible.
         with torch.autocast("cuda", enabled=self.device.startswith("cuda")):
             embedding = self.net(batch)

@@ -17,8 +17,9 @@ from avfusion.tracks import person_rows, trial_person
 
 WEIGHTS = "data/weights/visual.pt"
 # /2: the landmarks column, the library's crop step (other boxes on small and edge-cut faces) and
-# `_left` / `_right` trials following the multi-person tracker
-EXTRACTOR = "facenet-mtcnn-inception-resnet-v1/2"
+# `_left` / `_right` trials following the multi-person tracker; /3: the embedder runs channels-last
+# (embeddings rounded differently, ~1e-6)
+EXTRACTOR = "facenet-mtcnn-inception-resnet-v1/3"
 SIDES = ("left", "right")
 
 
