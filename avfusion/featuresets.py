@@ -14,6 +14,8 @@ extraction code (tests/test_featuresets.py checks the map against the registry).
 from __future__ import annotations
 
 import glob
+import hashlib
+import json
 import os
 
 import numpy as np
@@ -73,3 +75,38 @@ def compose(blocks: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np
     embedding = blocks[0][0] if len(blocks) == 1 else np.concatenate([e for e, _ in blocks], axis=1)
     each = np.stack([np.asarray(v, bool) for _, v in blocks], axis=1)
     return embedding, each.all(axis=1), each
+
+
+def store_fingerprint(directory: str) -> str:
+    """A digest of a store directory that changes whenever its rows can: every file's path and size,
+    and the full text of its `zarr.json` files, which hold the provenance and the commit records. The
+    chunks themselves are not read (gigabytes at Aff-Wild2 size): a store's rows are fixed by its
+    provenance and its committed videos (avfusion/extract.py resumes a store only when both match)."""
+    digest = hashlib.sha256()
+    for path in sorted(glob.glob(os.path.join(directory, "**", "*"), recursive=True)):
+        if os.path.isfile(path):
+            name = os.path.relpath(path, directory)
+            digest.update(f"{name}\0{os.path.getsize(path)}\0".encode())
+            if os.path.basename(path) == "zarr.json":
+                with open(path, "rb") as f:
+                    digest.update(f.read())
+    return digest.hexdigest()
+
+
+def describe(fusion: dict, root: str = ".") -> dict:
+    """The feature set of a `fusion` params section with each store's directory and fingerprint: what
+    data/featureset.json holds (the train and evaluate stages depend on it, not on every store)."""
+    features = feature_set(fusion)
+    return {modality: [{"extractor": name, "store": os.path.relpath(directory, root),
+                        "fingerprint": store_fingerprint(directory)}
+                       for name, directory in zip(names, store_dirs(modality, names, root))]
+            for modality, names in features.items()}
+
+
+def write_description(fusion: dict, out: str, root: str = ".") -> None:
+    """data/featureset.json, replaced in one step (a killed run leaves the old one or none)."""
+    text = json.dumps(describe(fusion, root), indent=2) + "\n"
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(out + ".tmp", out)

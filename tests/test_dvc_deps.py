@@ -93,7 +93,7 @@ def test_deps_list_exactly_the_code_the_stage_imports(stage):
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_every_dep_is_committed_or_an_output(stage):
     """Code and other inputs are git-tracked; data deps may instead be another stage's outputs, or the
-    directory holding some (train's data/features: DVC orders the stage after theirs). (An input that
+    directory holding some (featureset's data/features: DVC orders the stage after theirs). (An input that
     exists only as an ignored local file breaks a fresh clone and `dvc exp run --queue`, which runs in
     a copy of the git tree.)"""
     tracked = set(run(["git", "ls-files"], cwd=REPO).stdout.split())

@@ -23,7 +23,7 @@ from test_windows import DIM_AUDIO, make_dataset
 DIM_EXTRA = 5
 
 
-def add_store(data: str, name: str, seed: int = 1, stores: int = 3) -> str:
+def add_store(data: str, name: str, seed: int = 1, stores: int = 3, version: int = 1) -> str:
     """A third real store (data/features/<name>) for the dataset's videos: another scale and offset than
     the audio store, and its own invalid stretch, so per-extractor statistics and the AND rule show."""
     rng = np.random.default_rng(seed)
@@ -32,7 +32,7 @@ def add_store(data: str, name: str, seed: int = 1, stores: int = 3) -> str:
     audio = FeatureReader(os.path.join(data, "features", "audio"))
     for bucket in range(stores):
         plan = [e["video_id"] for e in manifest if bucket_of(e["video_id"], stores) == bucket]
-        writer = StoreWriter(store_path(directory, bucket), DIM_EXTRA, {"extractor": f"synthetic-{name}"}, plan)
+        writer = StoreWriter(store_path(directory, bucket), DIM_EXTRA, {"extractor": f"synthetic-{name}/{version}"}, plan)
         for vid in plan:
             n = audio.length(vid)
             valid = np.ones(n, bool)
@@ -123,6 +123,34 @@ def test_training_records_the_feature_set_and_evaluation_reads_it(dataset, tmp_p
     assert metrics["test"]["videos"] == 2
 
 
+def test_the_featureset_file_fingerprints_exactly_the_stores_the_models_read(dataset, tmp_path):
+    """data/featureset.json (stage featureset), what train and evaluate depend on: unchanged when a store
+    the models do not read arrives, changed when the feature set or one of its stores changes."""
+    import json
+    import shutil
+    data, _ = dataset
+    root = str(tmp_path / "repo")
+    shutil.copytree(os.path.dirname(data), root)
+    out = os.path.join(root, "data", "featureset.json")
+
+    def written(fusion: dict) -> str:
+        featuresets.write_description(fusion, out, root)
+        return open(out).read()
+
+    fusion = {**FUSION, "visual": ["facenet"], "audio": ["openl3", "mfcc"]}
+    before = written(fusion)
+    assert [s["store"] for s in json.loads(before)["audio"]] == ["data/features/audio", "data/features/mfcc"]
+    add_store(os.path.join(root, "data"), "logmel")                    # an extractor the models do not read
+    assert written(fusion) == before
+    assert written({**fusion, "audio": ["openl3", "logmel"]}) != before
+    shutil.rmtree(os.path.join(root, "data", "features", "mfcc"))     # mfcc re-extracted by a new version
+    add_store(os.path.join(root, "data"), "mfcc", version=2)
+    assert written(fusion) != before
+    with pytest.raises(MissingFeatures, match="fusion.audio needs egemaps"):
+        featuresets.write_description({**fusion, "audio": ["egemaps"]}, out, root)
+    assert json.loads(open(out).read())["audio"][1]["extractor"] == "mfcc"   # the last good file stays
+
+
 def test_a_store_not_extracted_is_one_line_before_any_training(dataset, tmp_path):
     import shutil
     data, _ = dataset
@@ -203,9 +231,10 @@ def test_feature_set_experiments_run_only_train_and_evaluate(pipeline_repo):
     failed = dvc("exp", "run", "-S", "fusion.audio=[mfcc]", cwd=repo, check=False)   # never extracted
     assert failed.returncode != 0 and "fusion.audio needs mfcc features" in failed.stdout + failed.stderr
     added = dvc("exp", "run", "-S", "features.extractors=[vad,mfcc]", "-S", "fusion.audio=[openl3]", cwd=repo)
-    assert stages_run(added.stdout) == {"extract@mfcc", "train", "evaluate"}
+    # a new store the model does not read: its extraction, and the fingerprint stage, whose output stays
+    assert stages_run(added.stdout) == {"extract@mfcc", "featureset"}, added.stdout
     exp = dvc("exp", "run", "-S", "fusion.audio=[openl3,mfcc]", cwd=repo)
-    assert stages_run(exp.stdout) == {"train", "evaluate"}
+    assert stages_run(exp.stdout) == {"featureset", "train", "evaluate"}, exp.stdout
     config = json.load(open(os.path.join(repo, "models", "fold-0", "config.json")))
     assert config["fusion"]["audio"] == ["openl3", "mfcc"] and config["dim_audio"] == 512 + 20
     table = list(csv.DictReader(io.StringIO(dvc("exp", "show", "--csv", cwd=repo).stdout)))

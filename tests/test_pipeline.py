@@ -16,7 +16,7 @@ EXTRACTION = ("demo", "dataset", "weights", "visual", "audio", "extract@vad")   
 @pytest.mark.slow
 def test_repro_then_noop_then_experiment_skips_extraction(pipeline_repo):
     first = dvc("repro", cwd=pipeline_repo)
-    assert stages_run(first.stdout) == {*EXTRACTION, "train", "evaluate"}
+    assert stages_run(first.stdout) == {*EXTRACTION, "featureset", "train", "evaluate"}
 
     with open(os.path.join(pipeline_repo, "reports", "metrics.json")) as f:
         metrics = json.load(f)
