@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from avfusion.errors import ParamsError
 from avfusion.store import FeatureReader
 from avfusion.windows import Modality, Split, extractor_parts, load_labels, load_split, usable_entries
 
@@ -117,7 +118,7 @@ def choose_data(params: dict, entries: list[dict], visual_dirs: str | list[str],
     keeps the splits in memory when their embeddings fit in `memory_budget_gb`."""
     data = params.get("data", "auto")
     if data not in DATA_CHOICES:
-        raise SystemExit(f"data must be one of {', '.join(DATA_CHOICES)}, not {data!r}")
+        raise ParamsError(f"data must be one of {', '.join(DATA_CHOICES)}, not {data!r}")
     if data != "auto":
         return data
     budget = float(params.get("memory_budget_gb", MEMORY_BUDGET_GB)) * 2**30

@@ -8,6 +8,7 @@ import torch
 import yaml
 
 from avfusion import evaluate, outofcore, store, train
+from avfusion.errors import ParamsError
 from avfusion.manifest import read_manifest
 from avfusion.outofcore import StoreSplit, choose_data, feature_bytes, open_split
 from avfusion.windows import load_split, predict_split
@@ -132,7 +133,7 @@ def test_auto_choice_by_budget_and_forced_choice(dataset, monkeypatch):
     assert choose_data({"data": "memory"}, manifest, *dirs) == "memory"
     monkeypatch.undo()
     assert choose_data({"data": "stores", "memory_budget_gb": 100}, manifest, *dirs) == "stores"
-    with pytest.raises(SystemExit, match="data must be one of auto, memory, stores"):
+    with pytest.raises(ParamsError, match="data must be one of auto, memory, stores"):
         choose_data({"data": "disk"}, manifest, *dirs)
 
 
