@@ -85,16 +85,21 @@ class StoreWriter:
             _create_arrays(self.group, self.columns)
             for name, cols in self.row_sets.items():
                 _create_arrays(self.group.create_group(name), cols)
-            self.group.attrs.update({"provenance": provenance, "videos": [], "offsets": [0],
-                                     **{f"{name}_offsets": [0] for name in self.row_sets}})
+            self.group.update_attributes({"provenance": provenance, "videos": [], "offsets": [0],
+                                          **{f"{name}_offsets": [0] for name in self.row_sets}})
 
     def _resumable(self, provenance: dict, plan: list[str]) -> bool:
         try:
             attrs = zarr.open_group(self.path, mode="r").attrs
             done = list(attrs["videos"])
-            return attrs["provenance"] == provenance and done == plan[:len(done)]
+            # A record torn by a kill (older versions wrote its keys one by one) is not trusted.
+            whole = all(len(attrs[key]) == len(done) + 1 for key in self._offset_keys())
+            return whole and attrs["provenance"] == provenance and done == plan[:len(done)]
         except Exception:   # unreadable leftovers: rebuild
             return False
+
+    def _offset_keys(self) -> list[str]:
+        return ["offsets", *(f"{name}_offsets" for name in self.row_sets)]
 
     def _truncate(self) -> None:
         for group, columns, offsets in self._groups():
@@ -119,9 +124,10 @@ class StoreWriter:
         for name, columns in self.row_sets.items():
             ends[f"{name}_offsets"] = _write_rows(self.group[name], columns, rows[name], index,
                                                   self.group.attrs[f"{name}_offsets"][-1], f"{video_id} {name}")
-        # The commit point: readers and resumes only trust rows listed here.
-        self.group.attrs.update({"videos": self.committed + [video_id],
-                                 **{key: list(self.group.attrs[key]) + [end] for key, end in ends.items()}})
+        # The commit point: readers and resumes only trust rows listed here. One zarr.json write, so a
+        # kill cannot tear it (`attrs.update` would write the file once per key).
+        self.group.update_attributes({"videos": self.committed + [video_id],
+                                      **{key: list(self.group.attrs[key]) + [end] for key, end in ends.items()}})
 
 
 def _create_arrays(group: zarr.Group, columns: dict[str, tuple[tuple[int, ...], str]]) -> None:
@@ -238,6 +244,9 @@ class FeatureReader:
         self.in_memory: list[dict[str, np.ndarray]] = []
         for s, group in enumerate(self.groups):
             offsets = group.attrs["offsets"]
+            if len(offsets) != len(group.attrs["videos"]) + 1:
+                raise DatasetError(f"{paths[s]}: torn commit record (a run killed by an older version); "
+                                   "re-run its extraction stage to rebuild it")
             for i, vid in enumerate(group.attrs["videos"]):
                 self.index[vid] = (s, offsets[i], offsets[i + 1])
             # Only committed rows: a store being written may hold uncommitted ones past the end.

@@ -7,6 +7,7 @@ import pytest
 import zarr
 
 from conftest import tree_digest
+from avfusion.errors import DatasetError
 from avfusion.store import FORMAT, FeatureReader, StoreWriter, bucket_of, store_path
 
 PLAN = ["v0", "v1", "v2"]
@@ -65,6 +66,37 @@ def test_interrupted_write_resumes_byte_identical(tmp_path):
     resumed = write(store_path(cut, 0))
     assert resumed.committed == PLAN
     assert tree_digest(full) == tree_digest(cut)
+
+
+def test_commit_is_one_metadata_write(tmp_path, monkeypatch):
+    """The commit record (`videos` and every `*_offsets`) lands in one zarr.json write, after the rows:
+    a kill can only fall before or after it. (zarr's `attrs.update` writes once per key: a kill between
+    the writes once left `videos` a video ahead of `offsets`.)"""
+    path = store_path(str(tmp_path), 0)
+    writer = StoreWriter(path, 8, {"extractor": "test"}, PLAN, columns={"box": ((4,), "float32")},
+                         row_sets={"people": PEOPLE})
+    writes, put = [], zarr.storage.LocalStore.set
+
+    async def recorded(store, key, value):
+        writes.append(key)
+        return await put(store, key, value)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", recorded)
+    writer.append("v0", **video_rows(0), people=people_rows(0))
+    assert writes.count("zarr.json") == 1 and writes[-1] == "zarr.json"
+    attrs = zarr.open_group(path, mode="r").attrs
+    assert (attrs["videos"], attrs["offsets"], attrs["people_offsets"]) == (["v0"], [0, 50], [0, 3])
+
+
+def test_torn_commit_record_is_rebuilt_and_refused_by_readers(tmp_path):
+    full, torn = str(tmp_path / "full"), str(tmp_path / "torn")
+    write(store_path(full, 0))
+    writer = write(store_path(torn, 0), stop_before=2)
+    writer.group.attrs["videos"] = PLAN[:2] + ["v2"]      # what the old two-write commit left after a kill
+    with pytest.raises(DatasetError, match="torn commit record"):
+        FeatureReader(torn)
+    assert write(store_path(torn, 0)).committed == PLAN   # not trusted: rebuilt, and ends identical
+    assert tree_digest(full) == tree_digest(torn)
 
 
 def test_changed_provenance_rebuilds_the_store(tmp_path):
