@@ -33,7 +33,7 @@ from avfusion.params import load_params, resolve_device
 from avfusion.plots import DATA_DIR, PNG_DIR, write_plots
 from avfusion.recipes import eval_settings
 from avfusion.train import load_model
-from avfusion.windows import predict_split
+from avfusion.windows import predict_split, repeatable_cpu_math
 
 MODELS = "models"
 TRAIN_REPORTS = "reports/train"
@@ -205,8 +205,9 @@ def predict_all(params: dict, manifest: str, models_dir: str, root: str = ".") -
             continue
         data = open_split(rows, visual_dirs, audio_dirs, device, held)
         models = folds if split == "test" else folds[:1]
-        fold_predictions = [predict_split(model, data, config["window"], config["hop"],
-                                          config.get("last_window", "pad")) for model, config in models]
+        with repeatable_cpu_math(device):
+            fold_predictions = [predict_split(model, data, config["window"], config["hop"],
+                                              config.get("last_window", "pad")) for model, config in models]
         labels = data.labels_numpy()
         fps = {e["video_id"]: float(e["fps"]) for e in rows}
         for video_id, frames in data.video_slices().items():

@@ -7,9 +7,9 @@ sets partition train + validation (LFAN, docs/design.md §7). How a model trains
 valence and arousal, AdamW, cosine schedule, early stopping on the validation mean CCC (computed the
 official way); the papers' recipes change windows, loss, optimiser and schedule, and LFAN's trains one
 model per dimension. `fusion.type: ridge` is fitted by scikit-learn instead. bf16 autocast on CUDA
-with every feature preloaded on the GPU; on the CPU, runs are bit-identical for a seed. Under torchrun
-each process trains on its share of each epoch's windows (DDP: nccl on CUDA, gloo on the CPU); rank 0
-writes the outputs.
+with every feature preloaded on the GPU; on the CPU, runs are bit-identical for a seed (on one thread:
+`repeatable_cpu_math`). Under torchrun each process trains on its share of each epoch's windows (DDP:
+nccl on CUDA, gloo on the CPU); rank 0 writes the outputs.
 
 Outputs: models/fold-<i>/model.pt (state_dict) and config.json (what `load_model` and prediction need:
 fusion params, window, hop, feature dims, the extractors' provenance, every resolved training setting
@@ -41,7 +41,7 @@ from avfusion.metrics import INVALID, LOSSES, split_ccc
 from avfusion.outofcore import choose_data, open_split
 from avfusion.params import resolve_device
 from avfusion.recipes import RECIPES, resolve
-from avfusion.windows import Split, autocast, predict_split
+from avfusion.windows import Split, autocast, predict_split, repeatable_cpu_math
 
 MODELS = "models"
 REPORTS = "reports/train"
@@ -325,10 +325,11 @@ def run(fusion: dict, params: dict, root: str = ".", trained_on: dict | None = N
         data = choose_data(params, train_rows + validation_rows, visual, audio)
         train = open_split(train_rows, visual, audio, device, data)
         validation = open_split(validation_rows, visual, audio, device, data)
-        if fusion["type"] == "ridge":
-            state, summary = fit_ridge(fold, train, validation, fusion, params, live)
-        else:
-            state, summary = train_fold(fold, train, validation, fusion, params, device, rank, world, live)
+        with repeatable_cpu_math(device):
+            if fusion["type"] == "ridge":
+                state, summary = fit_ridge(fold, train, validation, fusion, params, live)
+            else:
+                state, summary = train_fold(fold, train, validation, fusion, params, device, rank, world, live)
         summaries.append(summary)
         if rank == 0:
             for name, value in summary.items():

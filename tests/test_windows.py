@@ -10,7 +10,7 @@ from avfusion.annotations import write_labels
 from avfusion.metrics import INVALID
 from avfusion.store import StoreWriter, bucket_of, store_path
 from avfusion.manifest import read_manifest
-from avfusion.windows import load_split, predict_video, window_starts
+from avfusion.windows import load_split, predict_video, repeatable_cpu_math, window_starts
 
 DIM_VISUAL, DIM_AUDIO = 12, 8
 
@@ -131,3 +131,15 @@ def test_predict_video_covers_every_frame_and_averages_overlaps(n):
                          np.ones(n, bool), window=32, hop=8)
     assert pred.shape == (n, 2)
     np.testing.assert_allclose(pred, visual, atol=1e-6)
+
+
+def test_repeatable_cpu_math_uses_one_thread_on_the_cpu_only_inside_the_block():
+    before = torch.get_num_threads()
+    with repeatable_cpu_math("cpu"):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), repeatable_cpu_math("cpu"):
+        raise RuntimeError("a failed epoch still gives the threads back")
+    assert torch.get_num_threads() == before
+    with repeatable_cpu_math("cuda:0"):   # no CUDA needed: only the device name is read
+        assert torch.get_num_threads() == before
