@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from avfusion.errors import run_entry_point
-from avfusion.evaluate import run
+from avfusion.learning.evaluate import run
 from avfusion.params import load_params
 
 

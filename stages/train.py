@@ -1,18 +1,18 @@
-"""DVC stage `train` (params: fusion, train; data.source, visual.weights, audio.weights are recorded in
-each model's config.json): one fusion model per fold into models/, curves into reports/train."""
+"""DVC stage `train` (params: fusion, train; data.source and the weights of the feature set's extractors,
+from data/featureset.json, are recorded in each model's config.json): one fusion model per fold into
+models/, curves into reports/train."""
 from __future__ import annotations
 
 from avfusion.errors import run_entry_point
+from avfusion.learning.featuresets import read_description, weights_of
+from avfusion.learning.train import run
 from avfusion.params import load_params
-from avfusion.train import run
 
 
 def main() -> None:
     fusion, train = load_params("fusion"), load_params("train")
-    trained_on = {"data_source": load_params("data")["source"],
-                  "visual_weights": load_params("visual")["weights"],
-                  "audio_weights": load_params("audio")["weights"]}
-    run(fusion, train, trained_on=trained_on)
+    weights = weights_of(read_description())
+    run(fusion, train, trained_on={"data_source": load_params("data")["source"], "weights": weights})
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ import torch
 import yaml
 from PIL import Image
 
-from avfusion.demo import write_video
+from avfusion.sources.demo import write_video
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,20 +51,73 @@ def tree_digest(directory: str) -> dict[str, str]:
 
 
 def write_manifest(path: str, trials: list[dict]) -> None:
-    """A manifest for hand-made trials (video_id and path at least): `media` and `sha256` computed as the
-    dataset stage computes them, the other columns defaulting to a training video of unknown length."""
+    """A manifest for hand-made trials (video_id and path at least): `media`, `sha256` and the frame times
+    (data/frame_times beside the manifest) computed as the dataset stage computes them, the other columns
+    defaulting to a training video of unknown length. A trial may give its `times` instead: a file that
+    broke after the dataset stage read it, for the extraction stages to find."""
     import csv
 
-    from avfusion.dataset import media_key
-    from avfusion.manifest import COLUMNS
-    from avfusion.store import file_sha256
+    from avfusion.paths import file_sha256
+    from avfusion.sources.dataset import media_key
+    from avfusion.sources.manifest import COLUMNS, write_frame_times
+    from avfusion.sources.media import frame_times
     defaults = {"split": "train", "fps": 10, "frames": 0, "labels": "", "label_frames": 0, "person": ""}
+    times_dir = os.path.join(os.path.dirname(str(path)), "frame_times")
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         for t in trials:
+            t = dict(t)
             sha256 = file_sha256(t["path"]) if os.path.isfile(t["path"]) else "missing"
+            times = t.pop("times", None)
+            if times is None and os.path.isfile(t["path"]):
+                times = frame_times(t["path"])
+            if times is not None:
+                write_frame_times(sha256, times, times_dir)
             writer.writerow({**defaults, "media": media_key(t["path"]), "sha256": sha256, **t})
+
+
+def make_project(root, sections: dict, trials: list[dict] | None = None) -> str:
+    """A project directory as the stages expect it: params.yaml with `sections`, a dvc.yaml marking the
+    root (avfusion/paths.py), and a manifest of `trials` with their frame times."""
+    root = str(root)
+    os.makedirs(os.path.join(root, "data"), exist_ok=True)
+    with open(os.path.join(root, "params.yaml"), "w") as f:
+        yaml.safe_dump(sections, f, sort_keys=False)
+    if not os.path.exists(os.path.join(root, "dvc.yaml")):
+        open(os.path.join(root, "dvc.yaml"), "w").write("stages: {}\n")
+    if trials is not None:
+        write_manifest(os.path.join(root, "data", "manifest.csv"), trials)
+    return root
+
+
+def extract(root, name: str, monkeypatch):
+    """Extractor `name`'s stage in project `root` (as `python -m stages.extract <name>` runs it, in this
+    process): its weights, then its stores; returns a reader of them."""
+    from avfusion.extraction.registry import get
+    from avfusion.extraction.runner import run_stage as run_extractor
+    from avfusion.params import load_params
+    from avfusion.paths import ROOT_ENV
+    from avfusion.store.reader import FeatureReader
+    monkeypatch.chdir(root)
+    monkeypatch.delenv(ROOT_ENV, raising=False)
+    run_extractor(get(name), load_params(name))
+    return FeatureReader(os.path.join(str(root), "data", "features", name))
+
+
+@contextmanager
+def project_root(path):
+    """Library calls inside act on the project at `path` (avfusion/paths.py), whatever the working directory."""
+    from avfusion.paths import ROOT_ENV
+    before = os.environ.get(ROOT_ENV)
+    os.environ[ROOT_ENV] = str(path)
+    try:
+        yield str(path)
+    finally:
+        if before is None:
+            os.environ.pop(ROOT_ENV, None)
+        else:
+            os.environ[ROOT_ENV] = before
 
 
 def tool_env() -> dict:
@@ -87,9 +141,10 @@ def dvc(*args: str, cwd: str, check: bool = True) -> subprocess.CompletedProcess
 
 
 def run_stage(stage: str, cwd, check: bool = False) -> subprocess.CompletedProcess:
-    """`python -m stages.<stage>` in `cwd`, as dvc runs it, with this checkout's code importable."""
+    """`python -m stages.<stage>` in `cwd` (e.g. "dataset", "extract facenet"), as dvc runs it, with this
+    checkout's code importable."""
     env = {**tool_env(), "PYTHONPATH": REPO}
-    return run([sys.executable, "-m", f"stages.{stage}"], cwd=str(cwd), check=check, env=env)
+    return run([sys.executable, "-m", *f"stages.{stage}".split()], cwd=str(cwd), check=check, env=env)
 
 
 def stages_run(dvc_output: str) -> set[str]:
@@ -106,9 +161,7 @@ def shrink(params: dict, overrides: dict) -> dict:
 def make_pipeline_repo(dest: str, overrides: dict | None = None) -> str:
     """Copy the project's pipeline into `dest` as a fresh git + DVC repo with one commit."""
     os.makedirs(dest, exist_ok=True)
-    # the fer model file: expression.weights' offline default (params.yaml)
-    for name in ("avfusion", "stages", "dvc.yaml", "pyproject.toml", ".dvc/config", ".dvcignore", ".gitignore",
-                 "tests/fixtures/expression/emotion_model.hdf5"):
+    for name in ("avfusion", "stages", "dvc.yaml", "pyproject.toml", ".dvc/config", ".dvcignore", ".gitignore"):
         src = os.path.join(REPO, name)
         if os.path.isdir(src):
             shutil.copytree(src, os.path.join(dest, name), ignore=shutil.ignore_patterns("__pycache__"))
@@ -127,7 +180,7 @@ def make_pipeline_repo(dest: str, overrides: dict | None = None) -> str:
     return dest
 
 
-END_TO_END = {"pipeline_repo", "extracted_pipeline"}     # fixtures that run dvc on the whole pipeline
+END_TO_END = {"pipeline_repo", "extracted_pipeline", "pipeline_copy"}     # fixtures that run dvc on the whole pipeline
 
 
 def pytest_collection_modifyitems(items):
@@ -171,4 +224,16 @@ def extracted_pipeline(tmp_path_factory):
     dvc("repro", cwd=repo)
     run(["git", "add", "-A"], cwd=repo)
     run(["git", "commit", "-qm", "extracted features"], cwd=repo)
+    return repo
+
+
+@pytest.fixture
+def pipeline_copy(extracted_pipeline, tmp_path):
+    """A private copy of the session's extracted pipeline, reset to its committed, reproduced state."""
+    repo = str(tmp_path / "repo")
+    shutil.copytree(extracted_pipeline, repo, symlinks=True)
+    commit = run(["git", "log", "--format=%H", "--grep", "^extracted features$"], cwd=repo).stdout.split()[-1]
+    run(["git", "checkout", "-qf", commit], cwd=repo)     # other tests may have run experiments there
+    dvc("checkout", "--force", cwd=repo)
+    assert "up to date" in dvc("status", cwd=repo).stdout
     return repo

@@ -1,20 +1,19 @@
-"""The audio stage on real tiny videos: row alignment, no audio, silence, shared audio, resume."""
+"""The openl3 stage on real tiny videos: row alignment, no audio, silence, shared audio, resume."""
 import os
-import shutil
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
-from conftest import encode_video, tone, tree_digest, write_manifest
-from avfusion import audio, media, openl3
-from avfusion.extract import features_dir
-from avfusion.manifest import MANIFEST
-from avfusion.store import FeatureReader
-from stages import audio as audio_stage
+from avfusion.extractors import openl3 as audio
+from avfusion.openl3.weights import write_random_weights
+from avfusion.sources import media
+from avfusion.store.reader import FeatureReader
 
-OUT_DIR = features_dir("audio")
+from conftest import encode_video, extract, tone, tree_digest
+from conftest import make_project as project_with
+
+OUT_DIR = os.path.join("data", "features", "openl3")
 FPS, SECONDS, SR = 10, 3, 16000
 PARAMS = {"weights": "random", "seed": 0, "input_repr": "mel128", "embedding_size": 512, "rate": 4,
           "silence_db": -60, "silence_window": 0.25, "batch_size": 16, "device": "cpu", "stores": 2, "workers": 1}
@@ -39,25 +38,22 @@ def videos(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    path = tmp_path_factory.mktemp("weights") / "audio.h5"
-    openl3.write_random_weights(path, "mel128", 512, seed=0)
+    """The file the stage makes for `weights: random, seed: 0` (AudioEmbedder tests use it directly)."""
+    path = tmp_path_factory.mktemp("weights") / "openl3.h5"
+    write_random_weights(path, "mel128", 512, seed=0)
     return str(path)
 
 
 def make_project(root, videos, weights, **params):
-    """A working directory laid out as the stage expects: params.yaml, manifest, weights."""
-    os.makedirs(root / "data" / "weights", exist_ok=True)
-    (root / "params.yaml").write_text(yaml.safe_dump({"audio": {**PARAMS, **params}}))
-    shutil.copy(weights, root / audio.WEIGHTS)
-    write_manifest(root / MANIFEST, [{"video_id": vid, "path": path, "fps": FPS, "frames": FPS * SECONDS,
-                                      "label_frames": FPS * SECONDS} for vid, path in videos])
-    return root
+    """A project laid out as the stage expects: params.yaml and a manifest with frame times."""
+    return project_with(root, {"openl3": {**PARAMS, **params}},
+                        [{"video_id": vid, "path": path, "fps": FPS, "frames": FPS * SECONDS,
+                          "label_frames": FPS * SECONDS, "person": vid.rsplit("_", 1)[1] if "_" in vid else ""}
+                         for vid, path in videos])
 
 
 def run_stage(root, monkeypatch):
-    monkeypatch.chdir(root)
-    audio_stage.main()
-    return FeatureReader(str(root / OUT_DIR))
+    return extract(root, "openl3", monkeypatch)
 
 
 def test_rows_follow_frames_and_validity(tmp_path, monkeypatch, videos, weights):
@@ -107,35 +103,39 @@ def test_resume_after_interruption_matches_a_full_run(tmp_path, monkeypatch, vid
 
     calls = {"n": 0}
     real = audio.AudioEmbedder.embed_video
-    def dies_on_third_video(self, path, times):
+    def dies_on_third_video(self, path, times, gate=None):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return real(self, path, times)
+        return real(self, path, times, gate)
     cut = make_project(tmp_path / "cut", rows, weights, stores=1)
     monkeypatch.setattr(audio.AudioEmbedder, "embed_video", dies_on_third_video)
     with pytest.raises(KeyboardInterrupt):
         run_stage(cut, monkeypatch)
-    assert FeatureReader(str(cut / OUT_DIR)).videos == ["a", "b"]
+    assert FeatureReader(os.path.join(cut, OUT_DIR)).videos == ["a", "b"]
     monkeypatch.setattr(audio.AudioEmbedder, "embed_video", real)
     resumed = run_stage(cut, monkeypatch)
     assert resumed.videos == full.videos
     for vid in full.videos:
         for column in ("embedding", "valid", "frame", "time"):
             np.testing.assert_array_equal(resumed.rows(vid)[column], full.rows(vid)[column])
-    assert tree_digest(str(cut / OUT_DIR)) == tree_digest(str(tmp_path / "full" / OUT_DIR))
+    assert tree_digest(os.path.join(cut, OUT_DIR)) == tree_digest(str(tmp_path / "full" / OUT_DIR))
 
 
 def test_resume_with_nothing_to_do_reads_no_video(tmp_path, monkeypatch, videos, weights):
-    """A finished stage run again opens no video (decode, probe or hash): the videos' fingerprints come
-    from the manifest, and only the weight file is hashed."""
+    """A finished stage run again opens no video (decode, probe or hash) and makes no weights: the
+    videos' fingerprints come from the manifest, and only the weight file is hashed."""
     import av
 
-    from avfusion import extract
+    from avfusion import paths
     project = make_project(tmp_path, [("a", videos["voice"]), ("b", videos["pause"])], weights)
     before = tree_digest(str(run_stage(project, monkeypatch).directory))
-    hashed, real_sha256 = [], extract.file_sha256
-    monkeypatch.setattr(extract, "file_sha256", lambda path: hashed.append(path) or real_sha256(path))
+    weights_before = tree_digest(os.path.join(project, "data", "weights"))
+    hashed, real_sha256 = [], paths.file_sha256
+    monkeypatch.setattr(paths, "file_sha256", lambda path: hashed.append(os.path.relpath(path, project)) or real_sha256(path))
     monkeypatch.setattr(av, "open", lambda *args, **kwargs: pytest.fail(f"opened a video: {args}"))
+    monkeypatch.setattr(audio, "write_random_weights", lambda *a: pytest.fail("weights made again"))
     reader = run_stage(project, monkeypatch)
-    assert hashed == [audio.WEIGHTS] and tree_digest(reader.directory) == before
+    assert set(hashed) == {os.path.join("data", "weights", "openl3", "openl3.h5")}
+    assert tree_digest(reader.directory) == before
+    assert tree_digest(os.path.join(project, "data", "weights")) == weights_before

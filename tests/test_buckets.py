@@ -14,9 +14,14 @@ import zlib
 import numpy as np
 import pytest
 
+from avfusion.extraction.base import Extractor
+from avfusion.extraction.runner import ExtractionCrash, plan, run_extraction
+from avfusion.paths import ROOT_ENV
+from avfusion.sources.manifest import write_frame_times
+from avfusion.store.layout import bucket_of
+from avfusion.store.reader import FeatureReader
+
 from conftest import tree_digest
-from avfusion.extract import ExtractionCrash, Extractor, plan, run_extraction
-from avfusion.store import FeatureReader, bucket_of
 
 STORES = 4
 PARAMS = {"stores": STORES, "workers": 1, "device": "cpu"}
@@ -29,6 +34,23 @@ def manifest_row(video_id: str, frames: int, media: str | None = None, person: s
 
 
 ROWS = [manifest_row(f"video-{i:03d}", 20 + 7 * i) for i in range(24)]
+OTHERS = ([manifest_row(f"clip-{i}_{side}", 12, f"clip-{i}", side) for i in range(3) for side in ("left", "right")]
+          + [manifest_row("solo", 9), manifest_row("bad-clip", 10), dict(manifest_row("video-005", 20 + 7 * 5), sha256="f" * 64)])
+
+
+def write_times(root: str) -> None:
+    """The frame times the dataset stage would have written for every fake row (the runner reads them)."""
+    for row in ROWS + OTHERS:
+        write_frame_times(row["sha256"], np.arange(int(row["frames"])) / 25.0, os.path.join(root, "data", "frame_times"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def project(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("project"))
+    write_times(root)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(ROOT_ENV, root)      # spawned workers and torchrun ranks inherit it
+        yield root
 
 
 class FakeExtractor(Extractor):
@@ -42,13 +64,13 @@ class FakeExtractor(Extractor):
         self.dim = 8
 
     def rows(self, video):
-        FakeExtractor.calls.append(video["video_id"])
-        if video["video_id"].startswith("bad"):
+        FakeExtractor.calls.append(video.id)
+        if video.id.startswith("bad"):
             raise ValueError("cannot decode")
-        n = int(video["frames"])
-        rng = np.random.default_rng(zlib.crc32(video["media"].encode()))
+        n = len(video.times)
+        rng = np.random.default_rng(zlib.crc32(video.media.encode()))
         return {"embedding": rng.normal(size=(n, 8)).astype(np.float32), "valid": rng.random(n) > 0.1,
-                "time": np.arange(n) / 25.0}
+                "time": video.times}
 
 
 class PerFileFake(FakeExtractor):
@@ -84,8 +106,7 @@ def test_trials_of_one_media_file_share_a_store():
 
 
 def test_per_file_extractor_extracts_a_shared_file_once(tmp_path):
-    rows = [manifest_row(f"clip-{i}_{side}", 12, f"clip-{i}", side) for i in range(3) for side in ("left", "right")]
-    rows.append(manifest_row("solo", 9))
+    rows = OTHERS[:7]
     FakeExtractor.calls = []
     run_extraction(PerFileFake, PARAMS, rows, str(tmp_path / "shared"))
     assert sorted(FakeExtractor.calls) == ["clip-0_left", "clip-1_left", "clip-2_left", "solo"]

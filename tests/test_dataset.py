@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import encode_video
-from avfusion.annotations import AnnotationError, check_video_id, inside, read_labels, write_labels
-from avfusion.dataset import build_manifest
 from avfusion.errors import DatasetError, ParamsError
 from avfusion.params import validate
-from avfusion.store import file_sha256
+from avfusion.paths import file_sha256
+from avfusion.sources.annotations import AnnotationError, check_video_id, inside, read_labels, write_labels
+from avfusion.sources.dataset import build_manifest
+
+from conftest import encode_video
 
 
 def tiny_video(path, frames=6, size=32, audio=True):

@@ -7,10 +7,11 @@ import sys
 import numpy as np
 import pytest
 
+from avfusion.sources.annotations import read_labels
+from avfusion.sources.demo import make_video
+from avfusion.sources.media import frame_times, probe, read_audio
+
 from conftest import REPO
-from avfusion.annotations import read_labels
-from avfusion.demo import make_video
-from avfusion.media import frame_times, probe, read_audio
 
 PARAMS = {"videos": 6, "seconds": 3, "fps": 10, "size": 160, "seed": 0}
 
@@ -42,7 +43,7 @@ def test_generation_is_deterministic(demo_dir, tmp_path):
     out, splits = demo_dir
     os.makedirs(tmp_path / "videos")
     os.makedirs(tmp_path / "labels")
-    script = ("import sys; from avfusion.demo import make_video\n"
+    script = ("import sys; from avfusion.sources.demo import make_video\n"
               f"for i in reversed(range({PARAMS['videos']})): make_video(i, {PARAMS!r}, sys.argv[1])")
     subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True, cwd=REPO)
     for vid, _ in splits:
@@ -53,9 +54,9 @@ def test_generation_is_deterministic(demo_dir, tmp_path):
 def test_labels_vary_and_have_gaps_and_silence(demo_dir):
     out, _ = demo_dir
     labels = [read_labels(p) for p in sorted(glob.glob(str(out / "labels" / "*.txt")))]
-    valid = np.concatenate([l[l[:, 0] != -5] for l in labels])
+    valid = np.concatenate([rows[rows[:, 0] != -5] for rows in labels])
     assert valid.std(0).min() > 0.2 and np.abs(valid).max() <= 1
-    assert any((l == -5).any() for l in labels)           # an annotator gap exists
+    assert any((rows == -5).any() for rows in labels)     # an annotator gap exists
     audio, _ = read_audio(str(out / "videos" / "demo-02.mp4"), 16000)   # index % 3 == 2: a silent stretch
     rms = np.sqrt(np.convolve(audio ** 2, np.ones(1600) / 1600, mode="valid"))
     assert rms.min() < 1e-3 < rms.max()
@@ -64,7 +65,7 @@ def test_labels_vary_and_have_gaps_and_silence(demo_dir):
 def test_mtcnn_finds_the_drawn_face(demo_dir):
     from facenet_pytorch import MTCNN
 
-    from avfusion.media import decode_video
+    from avfusion.sources.media import decode_video
     out, _ = demo_dir
     frames = np.stack([f.to_ndarray(format="rgb24") for _, f in decode_video(str(out / "videos" / "demo-00.mp4"))])
     boxes, _ = MTCNN(keep_all=True).detect(frames)

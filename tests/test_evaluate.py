@@ -6,12 +6,25 @@ import os
 import numpy as np
 import pytest
 
-from avfusion.annotations import read_labels
 from avfusion.errors import CheckpointError
-from avfusion.evaluate import (VideoResult, fold_dirs, merge_folds, moving_average, per_video_rows,
-                             postprocess, scores, split_metrics, write_abaw, write_metrics, write_per_video)
-from avfusion.metrics import INVALID, ccc_centring
-from avfusion.plots import pick_videos, write_plots
+from avfusion.learning.evaluate import (
+    VideoResult,
+    fold_dirs,
+    merge_folds,
+    moving_average,
+    per_video_rows,
+    postprocess,
+    scores,
+    split_metrics,
+    write_abaw,
+    write_metrics,
+    write_per_video,
+)
+from avfusion.learning.metrics import INVALID, ccc_centring
+from avfusion.learning.plots import pick_videos, write_plots
+from avfusion.sources.annotations import read_labels
+
+from conftest import project_root
 
 
 def test_moving_average_is_centred_and_keeps_length():
@@ -137,13 +150,13 @@ def test_pick_videos_spreads_over_the_ranking():
 
 def test_plots_write_pngs_and_dvc_plot_data(tmp_path):
     results = _synthetic_results(np.random.default_rng(0))
-    train_dir = tmp_path / "train" / "plots" / "metrics"
+    train_dir = tmp_path / "reports" / "train" / "plots" / "metrics"
     for series in ("train", "val"):
         (train_dir / series).mkdir(parents=True)
         (train_dir / series / "loss.tsv").write_text("timestamp\tstep\tloss\n1\t0\t0.9\n2\t1\t0.6\n")
-    png_dir, data_dir = tmp_path / "plots", tmp_path / "plot_data"
-    write_plots(results, per_video_rows(results), 2, train_dir=str(tmp_path / "train"),
-                png_dir=str(png_dir), data_dir=str(data_dir))
+    png_dir, data_dir = tmp_path / "reports" / "plots", tmp_path / "reports" / "plot_data"
+    with project_root(tmp_path):
+        write_plots(results, per_video_rows(results), 2)
     for name in ("curves", "va_scatter", "per_video_ccc", "training"):
         assert (png_dir / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     curves = sorted(os.listdir(data_dir / "curves"))
@@ -159,19 +172,22 @@ EVAL = {"clip": True, "smooth_valence": 0, "smooth_arousal": 0, "plot_videos": 2
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Tiny real stores (test_windows) and two real fold models from the train stage."""
-    from avfusion.train import run as train
     from test_windows import make_dataset
+
+    from avfusion.learning.train import run as train
     root = str(tmp_path_factory.mktemp("evaluate"))
     make_dataset(root)
-    train({"type": "concat", "dim": 16, "hidden": 8, "dropout": 0.1},
-          {"seed": 0, "window": 32, "hop": 8, "batch_size": 8, "epochs": 4, "lr": 0.01,
-           "weight_decay": 0.0001, "patience": 4, "device": "cpu", "folds": 2}, root=root)
+    with project_root(root):
+        train({"type": "concat", "dim": 16, "hidden": 8, "dropout": 0.1},
+              {"seed": 0, "window": 32, "hop": 8, "batch_size": 8, "epochs": 4, "lr": 0.01,
+               "weight_decay": 0.0001, "patience": 4, "device": "cpu", "folds": 2})
     return root
 
 
 def test_evaluate_end_to_end_on_real_stores_and_models(trained):
-    from avfusion.evaluate import run
-    metrics = run(EVAL, root=trained)
+    from avfusion.learning.evaluate import run
+    with project_root(trained):
+        metrics = run(EVAL)
     assert metrics["folds"] == 2
     assert set(metrics) == {"train", "validation", "test", "folds"}
     assert metrics["test"]["ccc_mean"] > 0.3 and metrics["test"]["videos"] == 2
@@ -190,21 +206,25 @@ def test_evaluate_end_to_end_on_real_stores_and_models(trained):
 
 
 def test_smoothing_changes_only_the_smoothed_dimension(trained):
-    from avfusion.evaluate import run
-    plain = run(EVAL, root=trained)
-    smoothed = run({**EVAL, "smooth_arousal": 9}, root=trained)
+    from avfusion.learning.evaluate import run
+    with project_root(trained):
+        plain = run(EVAL)
+    with project_root(trained):
+        smoothed = run({**EVAL, "smooth_arousal": 9})
     assert smoothed["test"]["ccc_valence"] == plain["test"]["ccc_valence"]
     assert smoothed["test"]["ccc_arousal"] != plain["test"]["ccc_arousal"]
 
 
 def test_evaluate_refuses_models_trained_on_other_features(trained, tmp_path):
-    from avfusion.evaluate import run
     import shutil
+
+    from avfusion.learning.evaluate import run
     copy = str(tmp_path / "copy")
     shutil.copytree(trained, copy)
     config_path = os.path.join(copy, "models/fold-1/config.json")
     config = json.load(open(config_path))
-    config["provenance"]["audio"]["extractor"] = "something-else"
+    config["provenance"]["openl3"]["extractor"] = "something-else"
     json.dump(config, open(config_path, "w"))
-    with pytest.raises(CheckpointError, match="fold-1: trained on other audio features"):
-        run(EVAL, root=copy)
+    with pytest.raises(CheckpointError, match="fold-1: trained on other openl3 features"):
+        with project_root(copy):
+            run(EVAL)

@@ -5,20 +5,20 @@ from __future__ import annotations
 import csv
 import glob
 import os
-import shutil
 
 import numpy as np
 import pytest
-import torch
 
-from conftest import LOOK, REPO, encode_video, tone
-from avfusion.cli import main
-from avfusion.demo import draw_face
-from avfusion.expression import EXPRESSIONS
-from avfusion.faces import random_state_dict
-from avfusion.landmarks import NAMES
-from avfusion.media import frame_times
-from avfusion.openl3 import write_random_weights
+from avfusion.app.cli import main
+from avfusion.extraction.registry import get, names
+from avfusion.extraction.weights import materialise
+from avfusion.extractors.expression import EXPRESSIONS
+from avfusion.extractors.landmarks import NAMES
+from avfusion.params import load_params
+from avfusion.sources.demo import draw_face
+from avfusion.sources.media import frame_times
+
+from conftest import LOOK, REPO, encode_video, project_root, tone
 
 PARAMS = os.path.join(REPO, "params.yaml")
 FRAMES = 8
@@ -26,12 +26,14 @@ FRAMES = 8
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> str:
-    directory = tmp_path_factory.mktemp("weights")
-    torch.save(random_state_dict(0), directory / "visual.pt")
-    write_random_weights(str(directory / "audio.h5"), "mel128", 512, 0)
-    shutil.copy(os.path.join(REPO, "tests", "fixtures", "expression", "emotion_model.hdf5"),
-                directory / "expression.hdf5")
-    return str(directory)
+    """Every extractor's weight files as its stage makes them from params.yaml (seeded random), in
+    <project>/data/weights/<name>/."""
+    root = tmp_path_factory.mktemp("project")
+    (root / "params.yaml").write_text("{}\n")
+    with project_root(root):
+        for name in names():
+            materialise(get(name), load_params(name, PARAMS))
+    return str(root / "data" / "weights")
 
 
 @pytest.fixture(scope="module")

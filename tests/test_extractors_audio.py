@@ -13,8 +13,8 @@ import scipy.fft
 import scipy.signal
 import torch
 
-from avfusion import media
-from avfusion.framewise import frame_intervals, interval_mean
+from avfusion.extraction.framewise import frame_intervals, interval_mean
+from avfusion.sources import media
 
 FPS, SR = 25, 16000
 SENTENCE = "The quick brown fox jumps over the lazy dog, and then it runs away into the forest."
@@ -90,13 +90,13 @@ def inside(times, segment, margin=0.2):
 
 @pytest.fixture(scope="module")
 def vad():
-    from avfusion.vad import VoiceActivity
+    from avfusion.extractors.vad import VoiceActivity
     return VoiceActivity()
 
 
 @pytest.fixture(scope="module")
 def egemaps():
-    from avfusion.egemaps import EGeMAPS
+    from avfusion.extractors.egemaps import EGeMAPS
     return EGeMAPS()
 
 
@@ -153,7 +153,7 @@ def test_vad_same_result_on_one_or_two_threads(clips, vad):
 
 @pytest.mark.parametrize("make", ["vad", "egemaps", "logmel"])
 def test_frames_without_audio_are_zero_and_invalid(clips, make, request):
-    from avfusion.logmel import LogMel
+    from avfusion.extraction.melspectrum import LogMel
     extractor = LogMel() if make == "logmel" else request.getfixturevalue(make)
     path, times, _ = clips["mute"]
     rows = extractor.frames(path, times)
@@ -210,9 +210,10 @@ def test_egemaps_pitch_follows_the_voice_and_loudness_the_level(clips, egemaps):
 
 
 def test_egemaps_without_opensmile_says_how_to_install(monkeypatch):
-    from avfusion import egemaps
+    from avfusion.errors import UserError
+    from avfusion.extractors import egemaps
     monkeypatch.setitem(sys.modules, "opensmile", None)       # makes `import opensmile` fail
-    with pytest.raises(ImportError, match=r"pip install -e '\.\[opensmile\]'"):
+    with pytest.raises(UserError, match=r"pip install -e '\.\[opensmile\]'"):
         egemaps.EGeMAPS()
 
 
@@ -241,7 +242,7 @@ def reference_log_mel(samples: np.ndarray) -> np.ndarray:
 
 
 def test_logmel_and_mfcc_match_a_numpy_reference(clips):
-    from avfusion.logmel import LogMel
+    from avfusion.extraction.melspectrum import LogMel
     path, times, _ = clips["mixed"]
     samples, start = media.read_audio(path, SR)
     logmel, mfcc = LogMel(), LogMel(mfcc=True)
@@ -263,7 +264,7 @@ def test_logmel_and_mfcc_match_a_numpy_reference(clips):
 
 def test_logmel_rows_line_up_with_frames(clips):
     """The tone's band lights up at the frame where the tone starts, not a frame early or late."""
-    from avfusion.logmel import LogMel, hz_to_mel
+    from avfusion.extraction.melspectrum import LogMel, hz_to_mel
     path, times, seg = clips["mixed"]
     rows = LogMel().frames(path, times)
     band = int(round(hz_to_mel(TONE_HZ) / hz_to_mel(SR / 2) * 65)) - 1

@@ -2,8 +2,8 @@
 import numpy as np
 from facenet_pytorch import MTCNN
 
-from avfusion.demo import draw_face
-from avfusion.landmarks import NAMES, normalise_landmarks
+from avfusion.extractors.landmarks import NAMES, normalise_landmarks
+from avfusion.sources.demo import draw_face
 
 LOOK = {"background": (40, 60, 80), "stripe": (60, 80, 100), "skin": (220, 170, 130), "face_w": 0.5, "face_h": 0.65}
 
@@ -39,7 +39,8 @@ def test_onet_points_reproduce_the_librarys_detect(monkeypatch):
     """Capture the library's O-net output and the boxes it cropped during MTCNN.detect: onet_points
     gives back exactly the points that detect returns."""
     import facenet_pytorch.models.utils.detect_face as library
-    from avfusion.landmarks import onet_points
+
+    from avfusion.faces.mtcnn import onet_points
 
     seen = {}
     batch_process, bbreg = library.fixed_batch_process, library.bbreg

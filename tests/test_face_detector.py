@@ -15,7 +15,7 @@ from facenet_pytorch import MTCNN
 from PIL import Image
 from torchvision.ops import box_iou
 
-from avfusion.faces import FaceDetector
+from avfusion.faces.embedder import FaceDetector
 
 FRAMES = sorted((Path(__file__).parent / "fixtures" / "faces").glob("*.jpg"))
 MIN_IOU = 0.9

@@ -5,20 +5,23 @@ import os
 import numpy as np
 import pytest
 import torch
-
-from avfusion import featuresets, train
-from avfusion.errors import ParamsError
-from avfusion.extractors import EXTRACTORS
-from avfusion.extractors import store_name as registry_store_name
-from avfusion.featuresets import MissingFeatures, compose, feature_set
-from avfusion.manifest import read_manifest
-from avfusion.outofcore import open_split
-from avfusion.params import FEATURE_SET_NAMES, validate
-from avfusion.store import FeatureReader, StoreWriter, bucket_of, store_path
-from avfusion.windows import load_split
 from test_predict import project  # noqa: F401 (fixture: seeded weights and a model of today's feature set)
 from test_train import FUSION, TRAIN
 from test_windows import DIM_AUDIO, make_dataset
+
+from avfusion.errors import ParamsError
+from avfusion.extraction.registry import get
+from avfusion.learning import featuresets, train
+from avfusion.learning.featuresets import MissingFeatures, compose, feature_set
+from avfusion.learning.outofcore import open_split
+from avfusion.learning.windows import load_split
+from avfusion.params import validate
+from avfusion.sources.manifest import read_manifest
+from avfusion.store.layout import bucket_of, store_path
+from avfusion.store.reader import FeatureReader
+from avfusion.store.writer import StoreWriter
+
+from conftest import project_root
 
 DIM_EXTRA = 5
 
@@ -29,7 +32,7 @@ def add_store(data: str, name: str, seed: int = 1, stores: int = 3, version: int
     rng = np.random.default_rng(seed)
     directory = os.path.join(data, "features", name)
     manifest = read_manifest(os.path.join(data, "manifest.csv"))
-    audio = FeatureReader(os.path.join(data, "features", "audio"))
+    audio = FeatureReader(os.path.join(data, "features", "openl3"))
     for bucket in range(stores):
         plan = [e["video_id"] for e in manifest if bucket_of(e["video_id"], stores) == bucket]
         writer = StoreWriter(store_path(directory, bucket), DIM_EXTRA, {"extractor": f"synthetic-{name}/{version}"}, plan)
@@ -53,11 +56,6 @@ def dirs(data, *names):
     return [os.path.join(data, "features", name) for name in names]
 
 
-def test_store_names_agree_with_the_registry():
-    assert set(FEATURE_SET_NAMES) == set(EXTRACTORS)
-    assert all(featuresets.store_name(name) == registry_store_name(name) for name in EXTRACTORS)
-
-
 def test_compose_joins_blocks_and_needs_every_extractor():
     a, b = np.ones((4, 2), np.float32), np.full((4, 3), 2, np.float32)
     embedding, present, each = compose([(a, np.array([1, 1, 0, 0], bool)), (b, np.array([1, 0, 1, 0], bool))])
@@ -70,8 +68,8 @@ def test_compose_joins_blocks_and_needs_every_extractor():
 def test_a_modality_is_its_stores_side_by_side_present_where_all_are_valid(dataset):
     data, manifest = dataset
     entries = [e for e in manifest if e["split"] == "train"]
-    plain = load_split(entries, *dirs(data, "visual", "audio"))
-    joined = load_split(entries, dirs(data, "visual"), dirs(data, "audio", "mfcc"))
+    plain = load_split(entries, *dirs(data, "facenet", "openl3"))
+    joined = load_split(entries, dirs(data, "facenet"), dirs(data, "openl3", "mfcc"))
     assert torch.equal(joined.visual, plain.visual) and torch.equal(joined.audio[:, :DIM_AUDIO], plain.audio)
     mfcc = FeatureReader(dirs(data, "mfcc")[0])
     for vid, rows in joined.video_slices().items():
@@ -86,20 +84,20 @@ def test_a_modality_is_its_stores_side_by_side_present_where_all_are_valid(datas
 def test_each_extractor_is_standardised_on_its_own_valid_training_rows(dataset):
     data, manifest = dataset
     entries = [e for e in manifest if e["split"] == "train"]
-    memory = load_split(entries, dirs(data, "visual"), dirs(data, "audio", "mfcc"))
+    memory = load_split(entries, dirs(data, "facenet"), dirs(data, "openl3", "mfcc"))
     stats = train.feature_statistics(memory)
     # expected: each store's own valid rows (not only those where both are valid), computed apart
-    for (lo, hi), (columns, valid) in zip(((0, DIM_AUDIO), (DIM_AUDIO, DIM_AUDIO + DIM_EXTRA)), memory.audio_parts):
+    for (lo, hi), (_, valid) in zip(((0, DIM_AUDIO), (DIM_AUDIO, DIM_AUDIO + DIM_EXTRA)), memory.audio_parts):
         rows = memory.audio[valid.numpy()][:, lo:hi].double().numpy()
         assert np.allclose(stats[2][lo:hi].numpy(), rows.mean(0), atol=1e-4)
         assert np.allclose(stats[3][lo:hi].numpy(), rows.std(0), atol=1e-4)
     assert stats[2][DIM_AUDIO:].min() > 40                                # mfcc's own scale: not zero-diluted
     # the audio block's statistics do not depend on mfcc beside it; one extractor gives today's statistics
-    plain = train.feature_statistics(load_split(entries, *dirs(data, "visual", "audio")))
+    plain = train.feature_statistics(load_split(entries, *dirs(data, "facenet", "openl3")))
     assert all(torch.equal(a, b) for a, b in zip(plain[:2], stats[:2]))
     assert torch.allclose(plain[2], stats[2][:DIM_AUDIO]) and torch.allclose(plain[3], stats[3][:DIM_AUDIO])
     # out of core: the same statistics and the same batches
-    stores = open_split(entries, dirs(data, "visual"), dirs(data, "audio", "mfcc"), "cpu", "stores")
+    stores = open_split(entries, dirs(data, "facenet"), dirs(data, "openl3", "mfcc"), "cpu", "stores")
     assert all(torch.equal(a, b) for a, b in zip(stats, train.feature_statistics(stores)))
     windows = memory.windows(16, 8)
     a, b = memory.gather(windows[:9], 16), stores.gather(windows[:9], 16)
@@ -109,17 +107,19 @@ def test_each_extractor_is_standardised_on_its_own_valid_training_rows(dataset):
 def test_training_records_the_feature_set_and_evaluation_reads_it(dataset, tmp_path):
     import shutil
 
-    from avfusion import evaluate
+    from avfusion.learning import evaluate
     data, _ = dataset
     root = str(tmp_path)
     shutil.copytree(os.path.dirname(data), root, dirs_exist_ok=True)
     fusion = {**FUSION, "visual": ["facenet"], "audio": ["openl3", "mfcc"]}
-    summary, = train.run(fusion, {**TRAIN, "epochs": 2}, root=root)
+    with project_root(root):
+        summary, = train.run(fusion, {**TRAIN, "epochs": 2})
     model, config = train.load_model(os.path.join(root, "models/fold-0"))
     assert feature_set(config["fusion"]) == {"visual": ["facenet"], "audio": ["openl3", "mfcc"]}
-    assert config["dim_audio"] == DIM_AUDIO + DIM_EXTRA and set(config["provenance"]) == {"visual", "audio", "mfcc"}
+    assert config["dim_audio"] == DIM_AUDIO + DIM_EXTRA and set(config["provenance"]) == {"facenet", "openl3", "mfcc"}
     assert model.audio_mean[DIM_AUDIO:].min() > 40                     # the statistics travel with the model
-    metrics = evaluate.run({"clip": True, "smooth_valence": 0, "smooth_arousal": 0, "plot_videos": 1}, root=root)
+    with project_root(root):
+        metrics = evaluate.run({"clip": True, "smooth_valence": 0, "smooth_arousal": 0, "plot_videos": 1})
     assert metrics["test"]["videos"] == 2
 
 
@@ -134,20 +134,22 @@ def test_the_featureset_file_fingerprints_exactly_the_stores_the_models_read(dat
     out = os.path.join(root, "data", "featureset.json")
 
     def written(fusion: dict) -> str:
-        featuresets.write_description(fusion, out, root)
+        with project_root(root):
+            featuresets.write_description(fusion)
         return open(out).read()
 
     fusion = {**FUSION, "visual": ["facenet"], "audio": ["openl3", "mfcc"]}
     before = written(fusion)
-    assert [s["store"] for s in json.loads(before)["audio"]] == ["data/features/audio", "data/features/mfcc"]
+    assert [s["store"] for s in json.loads(before)["audio"]] == ["data/features/openl3", "data/features/mfcc"]
+    assert [s["weights"] for s in json.loads(before)["audio"]] == [None, None]     # no records: synthetic stores
     add_store(os.path.join(root, "data"), "logmel")                    # an extractor the models do not read
     assert written(fusion) == before
     assert written({**fusion, "audio": ["openl3", "logmel"]}) != before
     shutil.rmtree(os.path.join(root, "data", "features", "mfcc"))     # mfcc re-extracted by a new version
     add_store(os.path.join(root, "data"), "mfcc", version=2)
     assert written(fusion) != before
-    with pytest.raises(MissingFeatures, match="fusion.audio needs egemaps"):
-        featuresets.write_description({**fusion, "audio": ["egemaps"]}, out, root)
+    with pytest.raises(MissingFeatures, match="fusion.audio needs egemaps"), project_root(root):
+        featuresets.write_description({**fusion, "audio": ["egemaps"]})
     assert json.loads(open(out).read())["audio"][1]["extractor"] == "mfcc"   # the last good file stays
 
 
@@ -157,7 +159,8 @@ def test_a_store_not_extracted_is_one_line_before_any_training(dataset, tmp_path
     root = str(tmp_path)
     shutil.copytree(os.path.dirname(data), root, dirs_exist_ok=True)
     with pytest.raises(MissingFeatures) as error:
-        train.run({**FUSION, "audio": ["openl3", "egemaps"]}, TRAIN, root=root)
+        with project_root(root):
+            train.run({**FUSION, "audio": ["openl3", "egemaps"]}, TRAIN)
     message = str(error.value)
     assert "\n" not in message and "fusion.audio needs egemaps" in message and "features.extractors" in message
     assert not os.path.exists(os.path.join(root, "models")) and not os.path.exists(os.path.join(root, "reports"))
@@ -166,13 +169,13 @@ def test_a_store_not_extracted_is_one_line_before_any_training(dataset, tmp_path
 @pytest.mark.parametrize("value", [[], ["nope"], ["openl3", "openl3"], "openl3", [1]])
 def test_params_refuse_a_bad_feature_set_in_one_line_naming_the_key(value):
     with pytest.raises(ParamsError, match=r"^params.yaml: fusion.audio must be a non-empty list of distinct "
-                                          r"extractor names \(facenet, openl3, vad"):
+                                          r"extractor names \(egemaps, expression, facenet, "):
         validate("fusion", {"type": "jca", "audio": value})
 
 
 def test_params_default_to_todays_feature_set():
     fusion = validate("fusion", {"type": "jca"})
-    assert feature_set(fusion) == {"visual": ["facenet"], "audio": ["openl3"]} == feature_set({})
+    assert feature_set(fusion) == {"visual": ["facenet"], "audio": ["openl3"]}
 
 
 def model_with_audio(project, root, audio: list[str], extra: dict) -> str:
@@ -181,24 +184,26 @@ def model_with_audio(project, root, audio: list[str], extra: dict) -> str:
     import json
     import shutil
 
-    from avfusion.fusion import build_model
-    from avfusion.train import save_fold
+    from avfusion.learning.fusion import build_model
+    from avfusion.learning.train import save_fold
     shutil.copytree(project, root)
     fold = os.path.join(root, "models", "fold-0")
     config = json.load(open(os.path.join(fold, "config.json")))
     config["fusion"]["audio"] = audio
     config["provenance"].update(extra)
-    config["dim_audio"] = 512 + sum(EXTRACTORS[name]({}, "cpu").dim for name in extra)
+    config["dim_audio"] = 512 + sum(get(name)(get(name).settings(extra[name]), "cpu").dim for name in extra)
     model = build_model(config["fusion"], config["window"], config["dim_visual"], config["dim_audio"])
     save_fold(fold, model.state_dict(), config)
     return fold
 
 
 def test_predict_computes_the_plugin_extractors_of_the_models_feature_set(project, tmp_path, capsys):
-    from avfusion.cli import main
-    from avfusion.extractors import MfccExtractor
-    from avfusion.predict import Predictor
     from test_predict import FRAMES, make_video
+
+    from avfusion.app.cli import main
+    from avfusion.app.predict import Predictor
+    from avfusion.extraction.base import Video
+    from avfusion.extractors.mfcc import MfccExtractor
     mfcc = {"extractor": MfccExtractor.version, "params": {}, "precision": "float32"}
     fold = model_with_audio(project, str(tmp_path / "p"), ["openl3", "mfcc"], {"mfcc": mfcc})
     video = make_video(tmp_path / "clip.mp4", True, True)
@@ -206,8 +211,9 @@ def test_predict_computes_the_plugin_extractors_of_the_models_feature_set(projec
     result = predictor.predict(str(video))
     assert result["pred"].shape == (FRAMES, 2) and np.isfinite(result["pred"]).all()
     # the audio modality is present where openl3 and mfcc both are, as in training
-    _, openl3_valid = predictor.voice.embed_video(str(video), result["time"])
-    mfcc_valid = MfccExtractor({}, "cpu").rows({"path": str(video)})["valid"]
+    clip = Video(id="clip", path=str(video), times=result["time"])
+    openl3_valid = predictor.extractors["openl3"].rows(clip)["valid"]
+    mfcc_valid = MfccExtractor({}, "cpu").rows(clip)["valid"]
     assert np.array_equal(result["audio"], openl3_valid & mfcc_valid) and result["audio"].any()
 
     # a store written by another version of an extractor: one line, no output

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from avfusion.fusion import LFAN, TYPES, JointCrossAttention, build_model
+from avfusion.learning.fusion import LFAN, TYPES, JointCrossAttention, build_model
 
 B, L, DV, DA = 3, 16, 20, 12
 

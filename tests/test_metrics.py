@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from avfusion.metrics import INVALID, ccc, ccc_centring, masked_ccc_loss, split_ccc
+from avfusion.learning.metrics import INVALID, ccc, ccc_centring, masked_ccc_loss, split_ccc
 
 
 def test_ccc_perfect_agreement_is_one():

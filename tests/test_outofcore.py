@@ -6,14 +6,18 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
-from avfusion import evaluate, outofcore, store, train
-from avfusion.errors import ParamsError
-from avfusion.manifest import read_manifest
-from avfusion.outofcore import StoreSplit, choose_data, feature_bytes, open_split
-from avfusion.windows import load_split, predict_split
 from test_train import FUSION, TRAIN
 from test_windows import DIM_AUDIO, DIM_VISUAL, make_dataset
+
+from avfusion.errors import ParamsError
+from avfusion.learning import evaluate, outofcore, train
+from avfusion.learning.outofcore import StoreSplit, choose_data, feature_bytes, open_split
+from avfusion.learning.windows import load_split, predict_split
+from avfusion.sources.manifest import read_manifest
+from avfusion.store.reader import FeatureReader
+from avfusion.store.writer import StoreWriter
+
+from conftest import project_root
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +28,7 @@ def dataset(tmp_path_factory):
 
 
 def both(data, entries):
-    dirs = os.path.join(data, "features/visual"), os.path.join(data, "features/audio")
+    dirs = os.path.join(data, "features/facenet"), os.path.join(data, "features/openl3")
     return load_split(entries, *dirs), open_split(entries, *dirs, "cpu", "stores")
 
 
@@ -62,12 +66,12 @@ def rss_file_kb() -> int:
 def test_reading_a_whole_store_leaves_no_mapped_pages_resident(tmp_path):
     rows, dim = 40_000, 256   # 41 MB in 3 shard files
     path = str(tmp_path / "store-00.zarr")
-    writer = store.StoreWriter(path, dim, {"extractor": "test"}, ["a", "b"])
+    writer = StoreWriter(path, dim, {"extractor": "test"}, ["a", "b"])
     embedding = np.random.default_rng(0).standard_normal((rows, dim), dtype=np.float32)
     for vid, part in (("a", embedding[:25_000]), ("b", embedding[25_000:])):
         writer.append(vid, embedding=part, valid=np.ones(len(part), bool), frame=np.arange(len(part)),
                       time=np.arange(len(part)) / 30)
-    reader = store.FeatureReader(str(tmp_path))
+    reader = FeatureReader(str(tmp_path))
     before = rss_file_kb()
     for vid in ("a", "b"):
         for start in range(0, reader.length(vid), 1000):
@@ -105,9 +109,10 @@ def test_training_and_evaluation_identical_in_memory_and_out_of_core(tmp_path_fa
     for data in ("memory", "stores"):
         root = str(tmp_path_factory.mktemp(data))
         make_dataset(root)
-        summary, = train.run({**FUSION, "type": "jca", "dropout": 0.5}, {**TRAIN, "epochs": 3, "data": data}, root)
-        metrics = evaluate.run({"clip": True, "smooth_valence": 0, "smooth_arousal": 0, "plot_videos": 1,
-                                "device": "cpu", "data": data}, root)
+        with project_root(root):
+            summary, = train.run({**FUSION, "type": "jca", "dropout": 0.5}, {**TRAIN, "epochs": 3, "data": data})
+            metrics = evaluate.run({"clip": True, "smooth_valence": 0, "smooth_arousal": 0, "plot_videos": 1,
+                                    "device": "cpu", "data": data})
         losses = open(os.path.join(root, "reports/train/plots/metrics/fold-0/train/loss.tsv")).read()
         predictions = {os.path.relpath(p, root): open(p).read()
                        for p in sorted(glob.glob(os.path.join(root, "data/predictions/*/*.txt")))}
@@ -120,7 +125,7 @@ def test_training_and_evaluation_identical_in_memory_and_out_of_core(tmp_path_fa
 
 def test_auto_choice_by_budget_and_forced_choice(dataset, monkeypatch):
     data, manifest = dataset
-    dirs = os.path.join(data, "features/visual"), os.path.join(data, "features/audio")
+    dirs = os.path.join(data, "features/facenet"), os.path.join(data, "features/openl3")
     size = feature_bytes(manifest, *dirs)
     rows = sum(int(e["frames"]) for e in manifest)   # the stores hold `frames` rows a video
     assert size == 4 * rows * (DIM_VISUAL + DIM_AUDIO)
@@ -151,14 +156,15 @@ def test_stages_take_the_path_the_params_choose(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "open_split", spy)
     monkeypatch.setattr(evaluate, "open_split", spy)
     params = {**TRAIN, "epochs": 1}
-    train.run(FUSION, {**params, "data": "stores"}, str(tmp_path))
-    train.run(FUSION, {**params, "memory_budget_gb": 1e-9}, str(tmp_path))
-    train.run(FUSION, params, str(tmp_path))
+    monkeypatch.chdir(tmp_path)                    # the project is the working directory, as under dvc
+    train.run(FUSION, {**params, "data": "stores"})
+    train.run(FUSION, {**params, "memory_budget_gb": 1e-9})
+    train.run(FUSION, params)
     assert taken == ["StoreSplit"] * 4 + ["Split"] * 2
     taken.clear()
     evaluation = {"clip": True, "smooth_valence": 0, "smooth_arousal": 0, "plot_videos": 1, "device": "cpu"}
-    evaluate.run({**evaluation, "data": "stores"}, str(tmp_path))
-    evaluate.run({**evaluation, "data": "memory", "memory_budget_gb": 1e-9}, str(tmp_path))
+    evaluate.run({**evaluation, "data": "stores"})
+    evaluate.run({**evaluation, "data": "memory", "memory_budget_gb": 1e-9})
     assert taken == ["StoreSplit"] * 3 + ["Split"] * 3   # train, validation and test splits
 
 

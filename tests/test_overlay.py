@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from avfusion.demo import SAMPLE_RATE, write_video
-from avfusion.overlay import write_overlay
+from avfusion.app.overlay import write_overlay
+from avfusion.sources.demo import SAMPLE_RATE, write_video
 
 WIDTH, HEIGHT, FPS, FRAMES = 320, 240, 10, 20
 

@@ -8,9 +8,12 @@ import sys
 import pytest
 import yaml
 
-from avfusion import fusion, openl3
 from avfusion.errors import DeviceError, ParamsError, UserError
-from avfusion.params import SCHEMA, load_params, resolve_device, validate
+from avfusion.extraction.registry import names
+from avfusion.learning import fusion
+from avfusion.openl3.frontend import FRONT_ENDS
+from avfusion.openl3.network import FINAL_POOL
+from avfusion.params import SECTIONS, allowed, load_params, resolve_device, validate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARAMS = os.path.join(REPO, "params.yaml")
@@ -22,17 +25,19 @@ def real_params() -> dict:
 
 
 def test_every_section_of_the_real_params_validates_unchanged():
+    """One section per pipeline model and per registered extractor, and nothing else; every key known,
+    none filled in."""
     params = real_params()
-    assert set(params) == set(SCHEMA)
-    for section in SCHEMA:
-        assert load_params(section, PARAMS) == params[section]   # every key known, none filled in
+    assert set(params) == set(SECTIONS) | set(names())
+    for section in params:
+        assert load_params(section, PARAMS) == params[section]
 
 
 def test_allowed_values_are_the_librarys():
-    assert SCHEMA["fusion"]["type"].allowed == "one of " + ", ".join(fusion.TYPES)
-    assert SCHEMA["audio"]["input_repr"].allowed == "one of " + ", ".join(openl3.FRONT_ENDS)
-    sizes = {size for pools in openl3.FINAL_POOL.values() for size in pools}
-    assert SCHEMA["audio"]["embedding_size"].allowed == "one of " + ", ".join(map(str, sorted(sizes)))
+    assert allowed("fusion", "type") == "one of " + ", ".join(fusion.TYPES)
+    assert allowed("openl3", "input_repr") == "one of " + ", ".join(FRONT_ENDS)
+    sizes = {size for pools in FINAL_POOL.values() for size in pools}
+    assert allowed("openl3", "embedding_size") == "one of " + ", ".join(map(str, sorted(sizes)))
 
 
 BAD = [   # section, key, value, the message after "params.yaml: "
@@ -43,17 +48,20 @@ BAD = [   # section, key, value, the message after "params.yaml: "
     ("data", "root", "", "data.root must be a non-empty string, not ''"),
     ("data", "on_error", "ignore", "data.on_error must be one of fail, skip, not 'ignore'"),
     ("data", "test", 1.5, "data.test must be a number >= 0 and < 1, not 1.5"),
-    ("visual", "keep_pooled", "yes please", "visual.keep_pooled must be true or false, not 'yes please'"),
-    ("visual", "device", "gpu", "visual.device must be auto, cpu, cuda or cuda:<index>, not 'gpu'"),
-    ("visual", "stores", 0, "visual.stores must be an integer >= 1, not 0"),
-    ("visual", "margin", 2.5, "visual.margin must be an integer >= 0, not 2.5"),
-    ("visual", "weights", None, "visual.weights must be random, vggface2, casia-webface or the path of an "
-                                "existing file, not None"),
-    ("audio", "input_repr", "mel64", "audio.input_repr must be one of linear, mel128, mel256, not 'mel64'"),
-    ("audio", "embedding_size", "512", "audio.embedding_size must be one of 512, 6144, not '512'"),
-    ("audio", "embedding_size", 1024, "audio.embedding_size must be one of 512, 6144, not 1024"),
-    ("audio", "silence_db", 3, "audio.silence_db must be a number <= 0, not 3"),
-    ("audio", "rate", -1, "audio.rate must be a number >= 0, not -1"),
+    ("facenet", "keep_pooled", "yes please", "facenet.keep_pooled must be true or false, not 'yes please'"),
+    ("facenet", "device", "gpu", "facenet.device must be auto, cpu, cuda or cuda:<index>, not 'gpu'"),
+    ("facenet", "stores", 0, "facenet.stores must be an integer >= 1, not 0"),
+    ("facenet", "margin", 2.5, "facenet.margin must be an integer >= 0, not 2.5"),
+    ("facenet", "weights", None, "facenet.weights must be random, vggface2, casia-webface or the path of an "
+                                 "existing file, not None"),
+    ("openl3", "input_repr", "mel64", "openl3.input_repr must be one of linear, mel128, mel256, not 'mel64'"),
+    ("openl3", "embedding_size", "512", "openl3.embedding_size must be one of 512, 6144, not '512'"),
+    ("openl3", "embedding_size", 1024, "openl3.embedding_size must be one of 512, 6144, not 1024"),
+    ("openl3", "silence_db", 3, "openl3.silence_db must be a number <= 0, not 3"),
+    ("openl3", "rate", -1, "openl3.rate must be a number >= 0, not -1"),
+    ("vad", "workers", 0, "vad.workers must be an integer >= 1, not 0"),
+    ("features", "extractors", ["vad", "vda"], "features.extractors must be a list of distinct extractor names "
+                                               f"({', '.join(names())}), not ['vad', 'vda']"),
     ("fusion", "type", "foo", "fusion.type must be one of jca, lfan, cross_attention, concat, late, "
                               "audio_only, visual_only, ridge, not 'foo'"),
     ("fusion", "dropout", 1.0, "fusion.dropout must be a number >= 0 and < 1, not 1.0"),
@@ -78,8 +86,8 @@ def test_bad_value_is_one_line_naming_the_key(section, key, value, message):
 
 @pytest.mark.parametrize("section,changes,message", [
     ("train", {"window": 64, "hop": 65}, "train.hop must be <= train.window (windows must cover every frame), not 65 > 64"),
-    ("visual", {"min_face": 700}, "visual.min_face must be <= visual.detect_size (faces are looked for in that "
-                                  "copy), not 700 > 640"),
+    ("facenet", {"min_face": 700}, "facenet.min_face must be <= facenet.detect_size (faces are looked for in that "
+                                   "copy), not 700 > 640"),
     ("data", {"source": "folder", "validation": 0.5, "test": 0.5},
      "data.validation + data.test must be < 1 (the rest is for training), not 0.5 + 0.5"),
 ])
@@ -123,10 +131,10 @@ def test_load_params_errors_name_the_file(tmp_path):
 
 
 def test_on_error_is_checked_by_the_schema():
-    audio = {k: v for k, v in real_params()["audio"].items() if k != "on_error"}
-    assert validate("audio", audio)["on_error"] == "fail"      # the default
-    with pytest.raises(ParamsError, match="audio.on_error must be one of fail, skip, not 'ignore'"):
-        validate("audio", {**real_params()["audio"], "on_error": "ignore"})
+    audio = {k: v for k, v in real_params()["openl3"].items() if k != "on_error"}
+    assert validate("openl3", audio)["on_error"] == "fail"      # the default
+    with pytest.raises(ParamsError, match="openl3.on_error must be one of fail, skip, not 'ignore'"):
+        validate("openl3", {**real_params()["openl3"], "on_error": "ignore"})
     assert issubclass(ParamsError, UserError)
 
 
@@ -144,6 +152,8 @@ def test_device_flag_is_checked():
     ("train", "train", "window", 0, "train: params.yaml: train.window must be an integer >= 1, not 0"),
     ("dataset", "data", "source", "youtube",
      "dataset: params.yaml: data.source must be one of demo, affwild2, folder, not 'youtube'"),
+    ("extract facenet", "facenet", "detect_every", 0,
+     "facenet: params.yaml: facenet.detect_every must be an integer >= 1, not 0"),
 ])
 def test_stage_stops_on_a_bad_value_before_any_work(tmp_path, stage, section, key, value, line):
     # No data, manifest, features or models exist here: the only possible failure is the param.
@@ -151,7 +161,7 @@ def test_stage_stops_on_a_bad_value_before_any_work(tmp_path, stage, section, ke
     params[section][key] = value
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "PYTHONPATH": REPO}
-    proc = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=tmp_path, env=env,
+    proc = subprocess.run([sys.executable, "-m", *f"stages.{stage}".split()], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == [line], proc.stderr      # one line, no traceback

@@ -6,18 +6,15 @@ from __future__ import annotations
 import av
 import numpy as np
 import pytest
-import torch
-import yaml
-
-from conftest import encode_video, tone, write_manifest
-from test_predict import make_video, project, read_rows   # noqa: F401  (`project`: the fixture)
+from test_predict import make_video, project, read_rows  # noqa: F401  (`project`: the fixture)
 from test_tracks import drawn_person, render, scene
-from avfusion.cli import main
-from avfusion.extract import features_dir
-from avfusion.faces import FaceTrackEmbedder, random_state_dict
-from avfusion.predict import COLUMNS, PEOPLE_COLUMNS
-from avfusion.store import FeatureReader
-from stages import visual as visual_stage
+
+from avfusion.app.cli import main
+from avfusion.app.predict import COLUMNS, PEOPLE_COLUMNS
+from avfusion.faces.embedder import FaceTrackEmbedder
+from avfusion.store.reader import FeatureReader
+
+from conftest import encode_video, extract, make_project, tone
 
 FPS = 10
 SCALE = 2          # videos drawn at twice the scene's size: detection runs on a downscaled copy (640 px)
@@ -95,24 +92,22 @@ def test_one_person_output_unchanged_and_video_out(project, tmp_path):   # noqa:
 
 def run_visual(root, paths: dict, trials: list[dict], people: str, monkeypatch,
                on_error: str = "fail") -> tuple[FeatureReader, list[str]]:
-    """The visual stage in `root` on these trials; returns its stores and the files decoded."""
-    params = {"visual": {"weights": "random", "seed": 0, "detect_size": 640, "min_face": 20, "margin": 20,
-                         "detect_every": 1, "people": people, "batch_size": 8, "keep_pooled": False,
-                         "device": "cpu", "stores": 1, "workers": 1, "on_error": on_error}}
-    (root / "data" / "weights").mkdir(parents=True)
-    torch.save(random_state_dict(0), root / "data" / "weights" / "visual.pt")
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    write_manifest(root / "data" / "manifest.csv", [{**{k: v for k, v in t.items() if k != "file"}, "path": paths[t["file"]]} for t in trials])
+    """The facenet stage in `root` on these trials; returns its stores and the files decoded. The
+    broken file gets frame times, as if it broke after the dataset stage read it."""
+    params = {"facenet": {"weights": "random", "seed": 0, "detect_size": 640, "min_face": 20, "margin": 20,
+                          "detect_every": 1, "people": people, "batch_size": 8, "keep_pooled": False,
+                          "device": "cpu", "stores": 1, "workers": 1, "on_error": on_error}}
+    make_project(root, params, [{**{k: v for k, v in t.items() if k != "file"}, "path": paths[t["file"]],
+                                 **({"times": np.arange(3) / FPS} if t["file"] == "broken" else {})} for t in trials])
     decoded, frames = [], FaceTrackEmbedder._frames
 
     def counting(self, path):
         decoded.append(path)
         return frames(self, path)
-    monkeypatch.chdir(root)
     monkeypatch.setattr(FaceTrackEmbedder, "_frames", counting)
-    visual_stage.main()
+    reader = extract(root, "facenet", monkeypatch)
     monkeypatch.undo()
-    return FeatureReader(str(root / features_dir("visual"))), decoded
+    return reader, decoded
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import dvc, stages_run
 
-EXTRACTION = ("demo", "dataset", "weights", "visual", "audio", "extract@vad")   # features.extractors: [vad]
+EXTRACTION = ("demo", "dataset", "facenet", "openl3", "extract@vad")   # features.extractors: [vad]
 
 
 @pytest.mark.slow

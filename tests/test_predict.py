@@ -8,38 +8,45 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from avfusion.app.cli import main
+from avfusion.app.predict import COLUMNS, HOW_TO_TRAIN, demo_warning
+from avfusion.extraction.registry import get
+from avfusion.extraction.weights import materialise
+from avfusion.faces.embedder import random_state_dict
+from avfusion.learning.fusion import build_model
+from avfusion.learning.train import save_fold
+from avfusion.params import load_params
+from avfusion.paths import ROOT_ENV
+from avfusion.sources.demo import draw_face
+from avfusion.store.layout import FORMAT
+
 from conftest import LOOK, REPO, encode_video, tone
-from avfusion import audio as audio_stage
-from avfusion import visual as visual_stage
-from avfusion.cli import main
-from avfusion.demo import draw_face
-from avfusion.fusion import build_model
-from avfusion.predict import COLUMNS, HOW_TO_TRAIN, demo_warning
-from avfusion.store import FORMAT, file_sha256
-from avfusion.train import save_fold
-from avfusion.weights import make_audio, make_visual
 
 FPS, FRAMES, SIZE = 10, 12, 160
-VISUAL_PARAMS = {"detect_size": 640, "min_face": 20, "margin": 20, "keep_pooled": False}
-AUDIO_PARAMS = {"input_repr": "mel128", "embedding_size": 512, "rate": 5, "silence_db": -60, "silence_window": 0.25}
+
+
+def store_provenance(name: str, params: dict) -> dict:
+    """What extractor `name`'s store records (its weights made in the project first)."""
+    extractor = get(name)(params, "cpu")
+    return {"format": FORMAT, **extractor.provenance()}
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    """<root>/data/weights (seeded random) and <root>/models/fold-0 trained on features of those weights."""
+    """<root>/data/weights/<name> (seeded random) and <root>/models/fold-0 trained on features of those weights."""
     root = tmp_path_factory.mktemp("predict")
-    weights = root / "data" / "weights"
-    weights.mkdir(parents=True)
-    make_visual("random", 0, str(weights / "visual.pt"))
-    make_audio("random", 0, "mel128", 512, str(weights / "audio.h5"))
-    provenance = {
-        "visual": {"format": FORMAT, "extractor": visual_stage.EXTRACTOR, "params": VISUAL_PARAMS,
-                   "precision": "float32", "weights_sha256": file_sha256(str(weights / "visual.pt"))},
-        "audio": {"format": FORMAT, "extractor": audio_stage.EXTRACTOR, "params": AUDIO_PARAMS,
-                  "precision": "fp32", "weights_sha256": file_sha256(str(weights / "audio.h5"))}}
-    fusion = {"type": "concat", "dim": 16, "hidden": 8, "dropout": 0.1}
+    (root / "params.yaml").write_text("{}\n")
+    provenance = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(ROOT_ENV, str(root))
+        for name in ("facenet", "openl3"):
+            params = load_params(name, os.path.join(REPO, "params.yaml"))
+            materialise(get(name), params)
+            provenance[name] = store_provenance(name, params)
+    fusion = {"type": "concat", "dim": 16, "hidden": 8, "dropout": 0.1, "visual": ["facenet"], "audio": ["openl3"]}
     model = build_model(fusion, 16, 512, 512)
     save_fold(str(root / "models" / "fold-0"), model.state_dict(),
               {"fold": 0, "fusion": fusion, "window": 16, "hop": 8, "dim_visual": 512, "dim_audio": 512,
@@ -83,14 +90,15 @@ def test_one_row_per_decoded_frame(project, tmp_path, container, face, sound):
 
 def test_weights_other_than_the_models_are_refused(project, tmp_path, capsys):
     other = tmp_path / "weights"
-    other.mkdir()
-    make_visual("random", 1, str(other / "visual.pt"))
+    shutil.copytree(project / "data" / "weights", other)
+    (other / "facenet" / "weights.json").unlink()
+    torch.save(random_state_dict(1), other / "facenet" / "inception_resnet_v1.pt")
     video = make_video(tmp_path / "clip.mp4", True, True)
     out = tmp_path / "pred.csv"
     assert main(["predict", video, "--out", str(out), "--model", str(project / "models" / "fold-0"),
                  "--weights", str(other), "--device", "cpu"]) == 1
     err = capsys.readouterr().err.strip()
-    assert "visual.pt: not the visual weights the model was trained with" in err and "\n" not in err
+    assert "inception_resnet_v1.pt: not the facenet weights the model was trained with" in err and "\n" not in err
     assert not out.exists()
 
 
@@ -106,7 +114,7 @@ def bad_files(tmp_path):
 def test_bad_file_gives_one_line_naming_it_and_no_output(project, tmp_path, case):
     video = bad_files(tmp_path)[case]
     out = tmp_path / "pred.csv"
-    proc = subprocess.run([sys.executable, "-m", "avfusion.cli", "predict", video, "--out", str(out),
+    proc = subprocess.run([sys.executable, "-m", "avfusion.app.cli", "predict", video, "--out", str(out),
                            "--model", str(project / "models")], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
@@ -127,7 +135,7 @@ def test_demo_model_warns_once_and_still_predicts(project, tmp_path, capsys):
     fold = tmp_path / "models" / "fold-0"
     shutil.copytree(project / "models" / "fold-0", fold)
     config = json.loads((fold / "config.json").read_text())
-    config["trained_on"] = {"data_source": "demo", "visual_weights": "random", "audio_weights": "random"}
+    config["trained_on"] = {"data_source": "demo", "weights": {"facenet": "random", "openl3": "random"}}
     (fold / "config.json").write_text(json.dumps(config))
     video = make_video(tmp_path / "clip.mkv", False, False)     # no face, no sound: the quickest to predict
     out = tmp_path / "pred.csv"
@@ -135,17 +143,47 @@ def test_demo_model_warns_once_and_still_predicts(project, tmp_path, capsys):
                  "--weights", str(project / "data" / "weights"), "--device", "cpu"]) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert warnings == ["avfusion predict: warning: this model was trained on the synthetic demo with "
-                        "seeded-random visual and audio backbone weights: its output on real video is not "
+                        "seeded-random facenet and openl3 weights: its output on real video is not "
                         "meaningful; " + HOW_TO_TRAIN]
-    assert "visual.weights: vggface2" in HOW_TO_TRAIN and "audio.weights: env" in HOW_TO_TRAIN
+    assert "facenet.weights: vggface2" in HOW_TO_TRAIN and "openl3.weights: env" in HOW_TO_TRAIN
     assert len(read_rows(out)[1]) == FRAMES                      # the prediction still ran
 
 
 def test_demo_warning_only_for_demo_data_or_random_weights():
-    real = {"data_source": "affwild2", "visual_weights": "vggface2", "audio_weights": "env"}
+    real = {"data_source": "affwild2", "weights": {"facenet": "vggface2", "openl3": "env", "vad": None}}
     assert demo_warning({"trained_on": real}) is None
-    assert demo_warning({}) is None                                  # a model from before it was recorded
+    assert demo_warning({}) is None                                  # unknown: no warning
     assert "trained on the synthetic demo: its output" in demo_warning(
         {"trained_on": {**real, "data_source": "demo"}})
-    assert "trained with seeded-random audio backbone weights: its output" in demo_warning(
-        {"trained_on": {**real, "audio_weights": "random"}})
+    assert "trained with seeded-random openl3 weights: its output" in demo_warning(
+        {"trained_on": {**real, "weights": {"facenet": "vggface2", "openl3": "random"}}})
+
+
+def test_predicts_features_are_the_rows_of_the_stores(tmp_path, monkeypatch):
+    """One path from video to features: on a video the pipeline extracted (facenet, openl3 gated by vad,
+    vad, landmarks on facenet's faces), predict computes every extractor's rows byte for byte as stored."""
+    from avfusion.app.predict import Predictor
+
+    from conftest import extract, make_project
+    video = make_video(tmp_path / "clip.mp4", True, True)
+    params = {name: load_params(name, os.path.join(REPO, "params.yaml")) for name in ("facenet", "openl3", "vad", "landmarks")}
+    params["openl3"].update(valid_from="vad", device="cpu")
+    params["facenet"].update(device="cpu")
+    params["features"] = {"extractors": ["vad"], "faces": ["landmarks"]}
+    root = make_project(tmp_path / "project", params, [{"video_id": "clip", "path": video}])
+    stores = {name: extract(root, name, monkeypatch) for name in ("facenet", "openl3", "vad", "landmarks")}
+    fusion = {"type": "concat", "dim": 8, "hidden": 4, "dropout": 0.1, "visual": ["facenet", "landmarks"],
+              "audio": ["openl3", "vad"]}
+    model = build_model(fusion, 16, 512 + 10, 512 + 1)
+    save_fold(os.path.join(root, "models", "fold-0"), model.state_dict(),
+              {"fold": 0, "fusion": fusion, "window": 16, "hop": 8, "dim_visual": 522, "dim_audio": 513,
+               "provenance": {name: reader.provenance for name, reader in stores.items()}})
+    monkeypatch.chdir(tmp_path)
+    _, rows = Predictor(os.path.join(root, "models"), device="cpu").features(video)
+    assert set(rows) == set(stores)
+    for name, reader in stores.items():
+        stored = reader.rows("clip", ("embedding", "valid", "time"))
+        for column in ("embedding", "valid", "time"):
+            np.testing.assert_array_equal(rows[name][column], stored[column], err_msg=f"{name}.{column}")
+    assert stores["openl3"].provenance["valid_from"] == "vad"        # the gate came through the provenance
+    assert not np.array_equal(rows["openl3"]["valid"], np.ones(FRAMES, bool))   # a tone is not a voice

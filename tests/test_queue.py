@@ -5,16 +5,14 @@ only work when every input is git-tracked or a DVC output restored from the cach
 the cached features and run only train and evaluate.
 """
 import json
-import os
 import re
-import subprocess
 import time
 
 import pytest
 
 from conftest import dvc, stages_run
 
-EXTRACTION = ("demo", "dataset", "weights", "visual", "audio")
+EXTRACTION = ("demo", "dataset", "facenet", "openl3", "extract@vad")
 FUSIONS = ("concat", "visual_only")
 DEADLINE_S = 900
 

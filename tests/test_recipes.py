@@ -6,15 +6,17 @@ import os
 import numpy as np
 import pytest
 import torch
+from test_windows import make_dataset
 
 from avfusion.errors import DatasetError, ParamsError
-from avfusion.evaluate import postprocess
-from avfusion.fusion import build_model
-from avfusion.metrics import window_ccc_loss
-from avfusion.recipes import RECIPES, eval_settings, resolve
-from avfusion.train import fold_entries, load_model, make_scheduler, run
-from avfusion.windows import window_starts
-from test_windows import make_dataset
+from avfusion.learning.evaluate import postprocess
+from avfusion.learning.fusion import build_model
+from avfusion.learning.metrics import window_ccc_loss
+from avfusion.learning.recipes import RECIPES, eval_settings, resolve
+from avfusion.learning.train import fold_entries, load_model, make_scheduler, run
+from avfusion.learning.windows import window_starts
+
+from conftest import project_root
 
 SMALL = {"type": "lfan", "dim": 16, "hidden": 8, "dropout": 0.1, "tcn_kernel": 3, "tcn_dropout": 0.1}
 
@@ -54,7 +56,8 @@ def test_recipe_settings_are_recorded_with_the_model(tmp_path):
     # lfan_paper as published, shrunk (explicit values win) so it runs in seconds on the tiny stores
     params = {"recipe": "lfan_paper", "seed": 0, "device": "cpu", "folds": 1,
               "window": 48, "hop": 32, "epochs": 3, "lr": 0.001}
-    summary, = run(SMALL, params, root=root)
+    with project_root(root):
+        summary, = run(SMALL, params)
     model, config = load_model(os.path.join(root, "models/fold-0"))
     expected = {**RECIPES["lfan_paper"]["train"], "window": 48, "hop": 32, "epochs": 3, "lr": 0.001,
                 "recipe": "lfan_paper"}
@@ -156,14 +159,16 @@ def test_jca_post_processing_clips_then_smooths_with_zero_padding():
 def test_ridge_end_to_end_on_tiny_stores(tmp_path):
     """Ridge is fitted by scikit-learn, stored as plain tensors, reloaded and scored by the evaluate stage."""
     from sklearn.linear_model import Ridge
-    from avfusion.manifest import read_manifest
-    from avfusion.evaluate import run as evaluate
-    from avfusion.windows import load_split, predict_split
+
+    from avfusion.learning.evaluate import run as evaluate
+    from avfusion.learning.windows import load_split, predict_split
+    from avfusion.sources.manifest import read_manifest
 
     root = str(tmp_path)
     make_dataset(root)
     fusion = {"type": "ridge", "ridge_alphas": [0.1, 10.0]}
-    summary, = run(fusion, {"seed": 0, "device": "cpu", "folds": 1}, root=root)
+    with project_root(root):
+        summary, = run(fusion, {"seed": 0, "device": "cpu", "folds": 1})
     assert summary["alpha"] in (0.1, 10.0) and summary["ccc_mean"] > 0.5
     state = torch.load(os.path.join(root, "models/fold-0/model.pt"), weights_only=True)
     assert set(state) == {"visual_mean", "visual_std", "audio_mean", "audio_std", "coef", "intercept"}
@@ -174,7 +179,7 @@ def test_ridge_end_to_end_on_tiny_stores(tmp_path):
 
     # the same fit done directly with scikit-learn on the standardised, absent-zeroed training rows
     manifest = read_manifest(os.path.join(root, "data/manifest.csv"))
-    stores = os.path.join(root, "data/features/visual"), os.path.join(root, "data/features/audio")
+    stores = os.path.join(root, "data/features/facenet"), os.path.join(root, "data/features/openl3")
     train = load_split([e for e in manifest if e["split"] == "train"], *stores)
     v = (train.visual - model.visual_mean) / model.visual_std * train.visual_valid[:, None]
     a = (train.audio - model.audio_mean) / model.audio_std * train.audio_valid[:, None]
@@ -188,7 +193,8 @@ def test_ridge_end_to_end_on_tiny_stores(tmp_path):
     np.testing.assert_allclose(predict_split(model, test, config["window"], config["hop"])[:, 0],
                                direct.predict(xt.double().numpy()), atol=1e-4)
 
-    metrics = evaluate({"clip": True, "plot_videos": 1, "device": "cpu"}, root=root)
+    with project_root(root):
+        metrics = evaluate({"clip": True, "plot_videos": 1, "device": "cpu"})
     assert metrics["test"]["ccc_mean"] > 0.5 and metrics["folds"] == 1
 
 

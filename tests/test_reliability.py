@@ -18,9 +18,9 @@ import pytest
 import yaml
 from PIL import Image
 
+from avfusion.sources import media
+
 from conftest import REPO, dvc, encode_video, run, run_stage, tone, tree_digest, write_manifest
-from avfusion import media
-from avfusion.annotations import write_labels
 
 FPS, FRAMES = 10, 10
 
@@ -72,32 +72,24 @@ def test_one_frame_and_short_audio_are_valid_media(tmp_path):
     assert len(media.frame_times(short)) == FRAMES and 0.25 < len(samples) / 16000 < 0.45 and start == 0
 
 
-# --- bad media in the extraction stages, as real subprocesses -------------------------------------
+# --- media that break after the dataset stage read them, in the extraction stages (real subprocesses) ---
+# (The dataset stage decodes every video, so bad media normally stop there: test_dataset_unreadable_video.
+# A file replaced or damaged afterwards is met by the extraction stages, which skip or stop on it.)
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    """Seeded random weights of both extractors, made once for the module."""
-    from avfusion.weights import make_audio, make_visual
-    d = tmp_path_factory.mktemp("weights")
-    make_visual("random", 0, str(d / "visual.pt"))
-    make_audio("random", 0, "mel128", 512, str(d / "audio.h5"))
-    return d
-
-
-def stage_project(root, weights, videos, on_error):
-    """A working directory for `python -m stages.visual|audio`: params, seeded weights, manifest."""
+def stage_project(root, videos, on_error):
+    """A project for `python -m stages.extract facenet|openl3`: params and a manifest with frame times;
+    the bad files' times are those the dataset stage read from them before they broke."""
     with open(os.path.join(REPO, "params.yaml")) as f:
         params = yaml.safe_load(f)
-    for section in ("visual", "audio"):
+    for section in ("facenet", "openl3"):
         params[section].update(stores=1, workers=1, device="cpu", on_error=on_error)
-    params["audio"].update(input_repr="mel128", embedding_size=512)
-    os.makedirs(root / "data" / "weights", exist_ok=True)
+    (root / "data").mkdir(parents=True, exist_ok=True)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    for name in ("visual.pt", "audio.h5"):
-        os.symlink(weights / name, root / "data" / "weights" / name)
     # media: the case name, as two of the bad files differ only in their extension
-    write_manifest(root / "data" / "manifest.csv", [{"video_id": vid, "path": path, "fps": FPS, "media": vid}
-                                                    for vid, path in videos])
+    write_manifest(root / "data" / "manifest.csv",
+                   [{"video_id": vid, "path": path, "fps": FPS, "media": vid,
+                     **({} if vid in ("one", "short", "after") else {"times": np.arange(20) / FPS})}
+                    for vid, path in videos])
 
 
 def last_line(stderr):
@@ -122,33 +114,38 @@ def extraction_media(tmp_path_factory, bad_media):
     return good, [(case, bad_media[case][0]) for case in bad_media]
 
 
-@pytest.mark.parametrize("stage", ["visual", "audio"])
-def test_extraction_skip_records_bad_videos_and_keeps_good_rows(tmp_path, weights, extraction_media, stage):
+# what each extractor meets: openl3 reads only the audio, which a truncated mkv still holds
+UNUSABLE = {"facenet": {"zero-byte", "text", "truncated-mp4", "truncated-mkv", "codec"},
+            "openl3": {"zero-byte", "text", "truncated-mp4", "codec"}}
+
+
+@pytest.mark.parametrize("stage", ["facenet", "openl3"])
+def test_extraction_skip_records_bad_videos_and_keeps_good_rows(tmp_path, extraction_media, stage):
     good, bad = extraction_media
-    stage_project(tmp_path, weights, good + bad, "skip")
-    proc = run_stage(stage, tmp_path)
+    bad = [(vid, path) for vid, path in bad if vid in UNUSABLE[stage]]
+    stage_project(tmp_path, good + bad, "skip")
+    proc = run_stage(f"extract {stage}", tmp_path)
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "reports" / f"skipped_{stage}.json").read_text())["skipped"]
     assert sorted(s["video_id"] for s in report) == sorted(vid for vid, _ in bad)
     assert all(s["problem"].startswith(s["path"] + ":") for s in report)
     rows, group = committed(tmp_path / "data" / "features" / stage / "store-00.zarr")
     assert rows == {"one": 1, "short": FRAMES, **{vid: 0 for vid, _ in bad}}   # skipped: committed, no rows
-    if stage == "audio":
+    if stage == "openl3":
         valid = group["valid"][1:1 + FRAMES]
         # frames past the end of the audio (0.35 s) have no sound: invalid; the tone before is valid
         assert valid[:3].all() and not valid[5:].any()
-        again = run_stage(stage, tmp_path)      # a finished store resumes to the same report
+        again = run_stage(f"extract {stage}", tmp_path)      # a finished store resumes to the same report
         assert again.returncode == 0
-        assert json.loads((tmp_path / "reports" / "skipped_audio.json").read_text())["skipped"] == report
+        assert json.loads((tmp_path / "reports" / "skipped_openl3.json").read_text())["skipped"] == report
 
 
-@pytest.mark.parametrize("stage,case", [("visual", "truncated-mkv"), ("audio", "codec")])
-def test_extraction_fail_stops_with_one_line_and_no_half_written_video(tmp_path, weights, extraction_media,
-                                                                       stage, case):
+@pytest.mark.parametrize("stage,case", [("facenet", "truncated-mkv"), ("openl3", "codec")])
+def test_extraction_fail_stops_with_one_line_and_no_half_written_video(tmp_path, extraction_media, stage, case):
     good, bad = extraction_media
     bad_path = dict(bad)[case]
-    stage_project(tmp_path, weights, good + [(case, bad_path), ("after", good[0][1])], "fail")
-    proc = run_stage(stage, tmp_path)
+    stage_project(tmp_path, good + [(case, bad_path), ("after", good[0][1])], "fail")
+    proc = run_stage(f"extract {stage}", tmp_path)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr, proc.stderr
     line = last_line(proc.stderr)
@@ -157,11 +154,11 @@ def test_extraction_fail_stops_with_one_line_and_no_half_written_video(tmp_path,
     assert rows == {"one": 1, "short": FRAMES}                 # the videos before it, nothing after
 
 
-def test_unknown_on_error_value_is_one_line(tmp_path, weights, extraction_media):
-    stage_project(tmp_path, weights, extraction_media[0], "ignore")
-    proc = run_stage("audio", tmp_path)
+def test_unknown_on_error_value_is_one_line(tmp_path, extraction_media):
+    stage_project(tmp_path, extraction_media[0], "ignore")
+    proc = run_stage("extract openl3", tmp_path)
     assert proc.returncode == 1
-    assert proc.stderr.strip() == "audio: params.yaml: audio.on_error must be one of fail, skip, not 'ignore'"
+    assert proc.stderr.strip() == "openl3: params.yaml: openl3.on_error must be one of fail, skip, not 'ignore'"
 
 
 # --- bad annotations through the dataset stage (Aff-Wild2 layout), as real subprocesses -----------
@@ -175,7 +172,7 @@ def affwild2_media(tmp_path_factory):
 def affwild2_project(root, media_files, labels, on_error="fail"):
     """root/params.yaml + root/aw/{videos,annotations}; labels: trial -> file text."""
     (root / "aw" / "videos").mkdir(parents=True)
-    for stem, path in media_files.items():
+    for path in media_files.values():
         os.symlink(path, root / "aw" / "videos" / os.path.basename(path))
     ann = root / "aw" / "annotations" / "VA_Estimation_Challenge"
     for split in ("Train_Set", "Validation_Set"):
@@ -272,16 +269,16 @@ def test_two_fresh_clones_give_identical_stores_and_metrics(extracted_pipeline, 
     run(["git", "checkout", "-q", first], cwd=other)
     assert not os.path.exists(os.path.join(other, "dvc.lock"))
     dvc("repro", cwd=other)
-    for modality in ("visual", "audio"):
-        a = tree_digest(os.path.join(extracted_pipeline, "data", "features", modality))
-        b = tree_digest(os.path.join(other, "data", "features", modality))
-        assert a and a == b, modality
+    for name in ("facenet", "openl3", "vad"):
+        a = tree_digest(os.path.join(extracted_pipeline, "data", "features", name))
+        b = tree_digest(os.path.join(other, "data", "features", name))
+        assert a and a == b, name
     with open(os.path.join(other, "reports", "metrics.json")) as f:
         assert json.load(f) == json.loads(committed_file(extracted_pipeline, "reports/metrics.json"))
     lock_a = yaml.safe_load(committed_file(extracted_pipeline, "dvc.lock"))["stages"]
     with open(os.path.join(other, "dvc.lock")) as f:
         lock_b = yaml.safe_load(f)["stages"]
-    for stage in ("dataset", "weights", "visual", "audio", "train"):   # models too: CPU runs are bit-identical
+    for stage in ("dataset", "facenet", "openl3", "extract@vad", "train"):   # models too: CPU runs are bit-identical
         outs = [[o for o in lock[stage]["outs"] if not o["path"].startswith("reports/train")]   # has timings
                 for lock in (lock_a, lock_b)]
         assert outs[0] == outs[1], stage
@@ -291,7 +288,8 @@ def test_two_fresh_clones_give_identical_stores_and_metrics(extracted_pipeline, 
 
 def test_code_loads_only_safely():
     """Every torch.load passes weights_only=True; YAML only through safe_load; no pickle anywhere."""
-    for path in glob.glob(os.path.join(REPO, "avfusion", "*.py")) + glob.glob(os.path.join(REPO, "stages", "*.py")):
+    for path in glob.glob(os.path.join(REPO, "avfusion", "**", "*.py"), recursive=True) + \
+            glob.glob(os.path.join(REPO, "stages", "*.py")):
         text = open(path).read()
         for call in re.findall(r"torch\.load\([^)]*\)", text):
             assert "weights_only=True" in call, f"{path}: {call}"
@@ -314,12 +312,12 @@ def test_malicious_checkpoint_is_refused_by_evaluate_and_predict(extracted_pipel
     (models / "config.json").write_text(open(os.path.join(fold, "config.json")).read())
     with open(models / "model.pt", "wb") as f:
         pickle.dump({"W_ja": Exploit()}, f)
-    from avfusion.train import CheckpointError, load_model
+    from avfusion.learning.train import CheckpointError, load_model
     with pytest.raises(CheckpointError, match="refused to load: not a plain tensor checkpoint"):
         load_model(str(models))
     # the command-line loader: one line naming the file, the code never runs
     video = encode(tmp_path / "clip.mp4")
-    proc = subprocess.run([sys.executable, "-m", "avfusion.cli", "predict", video, "--out", str(tmp_path / "p.csv"),
+    proc = subprocess.run([sys.executable, "-m", "avfusion.app.cli", "predict", video, "--out", str(tmp_path / "p.csv"),
                            "--model", str(models.parent), "--device", "cpu"],
                           cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import dvc, run, stages_run, tool_env
 
-EXTRACTION = ("demo", "dataset", "weights", "visual", "audio")
+EXTRACTION = ("demo", "dataset", "facenet", "openl3", "extract@vad")
 
 
 @pytest.fixture
@@ -40,13 +40,13 @@ def share_and_reuse(repo: str, name: str, url: str, clone: str, local_config=(),
     assert "Cache and remote" in status.stdout and "are in sync" in status.stdout, status.stdout
 
     run(["git", "clone", "-q", repo, clone], cwd=os.path.dirname(clone))
-    for kind in ("visual", "audio"):                    # git carries only the .gitignore next to them
+    for kind in ("facenet", "openl3"):                    # git carries only the .gitignore next to them
         assert not os.path.exists(os.path.join(clone, "data", "features", kind)), "features must come from the remote"
     for option, value in local_config:
         dvc("remote", "modify", "--local", name, option, value, cwd=clone)
     pull = dvc_env(env, "pull", cwd=clone)
     assert "fetched" in pull.stdout or "added" in pull.stdout, pull.stdout
-    for kind in ("visual", "audio"):
+    for kind in ("facenet", "openl3"):
         assert os.listdir(os.path.join(clone, "data", "features", kind)), f"{kind} stores not pulled"
 
     # Nothing upstream of train is out of date after the pull ...

@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 import zarr
 
-from conftest import tree_digest
 from avfusion.errors import DatasetError
-from avfusion.store import FORMAT, FeatureReader, StoreWriter, bucket_of, store_path
+from avfusion.store.layout import bucket_of, store_path
+from avfusion.store.reader import FeatureReader
+from avfusion.store.writer import FORMAT, StoreWriter
+
+from conftest import tree_digest
 
 PLAN = ["v0", "v1", "v2"]
 
@@ -155,7 +158,7 @@ def test_bucket_is_stable():
 
 def test_memory_mapped_reads_match_zarr(tmp_path):
     """The raw shard reader must agree with zarr itself: partial chunks, absent (all-zero) chunks, shard edges."""
-    from avfusion import store
+    from avfusion.store import reader as store
     path = store_path(str(tmp_path), 0)
     plan = [f"v{i}" for i in range(6)]
     writer = StoreWriter(path, 8, {}, plan)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from avfusion.demo import draw_face, write_video
-from avfusion.faces import FaceDetector
-from avfusion.tracks import PeopleTracker, TrackSummary, appearance, gap_frames, pick_sides, summary
+from avfusion.faces.embedder import FaceDetector
+from avfusion.faces.people import PeopleTracker, TrackSummary, appearance, gap_frames, pick_sides, summary
+from avfusion.sources.demo import draw_face, write_video
 
 WIDTH, HEIGHT, TILE = 480, 240, 144
 BACKGROUND, STRIPE = (40, 60, 80), (60, 80, 100)

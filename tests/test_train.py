@@ -8,12 +8,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
-from avfusion.metrics import split_ccc
-from avfusion.train import fold_entries, load_model, run
-from avfusion.manifest import read_manifest
-from avfusion.windows import load_split, predict_split
 from test_windows import make_dataset
+
+from avfusion.learning.featuresets import write_description
+from avfusion.learning.metrics import split_ccc
+from avfusion.learning.train import fold_entries, load_model, run
+from avfusion.learning.windows import load_split, predict_split
+from avfusion.sources.manifest import read_manifest
+
+from conftest import project_root
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FUSION = {"type": "concat", "dim": 16, "hidden": 8, "dropout": 0.1}
@@ -28,17 +31,18 @@ def project(tmp_path):
 
 
 def test_training_learns_and_writes_a_loadable_checkpoint(project):
-    summary, = run(FUSION, TRAIN, root=project)
+    with project_root(project):
+        summary, = run(FUSION, TRAIN)
     assert summary["ccc_mean"] > 0.5
     model, config = load_model(os.path.join(project, "models/fold-0"))
     assert config["window"] == 32 and {k: config["fusion"][k] for k in FUSION} == FUSION
     assert config["train"]["recipe"] == "default" and config["train"]["scheduler"] == "cosine"
-    assert config["provenance"]["visual"]["extractor"] == "synthetic-visual"
+    assert config["provenance"]["facenet"]["extractor"] == "synthetic-facenet"
     assert (config["dim_visual"], config["dim_audio"]) == (12, 8)
     # the reloaded model reproduces the logged validation score
     manifest = read_manifest(os.path.join(project, "data/manifest.csv"))
     validation = load_split([e for e in manifest if e["split"] == "validation"],
-                            os.path.join(project, "data/features/visual"), os.path.join(project, "data/features/audio"))
+                            os.path.join(project, "data/features/facenet"), os.path.join(project, "data/features/openl3"))
     pred = np.clip(predict_split(model, validation, 32, 8), -1, 1)
     assert split_ccc(pred, validation.labels_numpy())["mean"] == pytest.approx(summary["ccc_mean"], abs=1e-5)
     metrics = json.load(open(os.path.join(project, "reports/train/metrics.json")))
@@ -55,8 +59,10 @@ def test_cpu_training_is_deterministic(project, tmp_path_factory):
     make_dataset(other)
     params = {**TRAIN, "epochs": 3}
     fusion = {"type": "jca", "dim": 16, "hidden": 8, "dropout": 0.5}
-    run(fusion, params, root=project)
-    run(fusion, params, root=other)
+    with project_root(project):
+        run(fusion, params)
+    with project_root(other):
+        run(fusion, params)
     a = torch.load(os.path.join(project, "models/fold-0/model.pt"), weights_only=True)
     b = torch.load(os.path.join(other, "models/fold-0/model.pt"), weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -85,12 +91,14 @@ def test_folds_keep_left_and_right_trials_of_one_video_together():
 
 
 def test_cross_validation_writes_one_model_per_fold(project):
-    summaries = run(FUSION, {**TRAIN, "epochs": 2, "folds": 3}, root=project)
+    with project_root(project):
+        summaries = run(FUSION, {**TRAIN, "epochs": 2, "folds": 3})
     assert len(summaries) == 3
     for fold in range(3):
         _, config = load_model(os.path.join(project, f"models/fold-{fold}"))
         assert config["fold"] == fold
-    run(FUSION, {**TRAIN, "epochs": 1}, root=project)   # fewer folds: no stale models left behind
+    with project_root(project):
+        run(FUSION, {**TRAIN, "epochs": 1})   # fewer folds: no stale models left behind
     assert sorted(os.listdir(os.path.join(project, "models"))) == ["fold-0"]
 
 
@@ -101,6 +109,8 @@ def test_torchrun_ddp_with_two_cpu_processes(project):
     params["train"].update(TRAIN, epochs=2)
     with open(os.path.join(project, "params.yaml"), "w") as f:
         yaml.safe_dump(params, f)
+    with project_root(project):
+        write_description(params["fusion"])     # the featureset stage's output, which the train stage reads
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -109,5 +119,5 @@ def test_torchrun_ddp_with_two_cpu_processes(project):
     assert result.stdout.count("fold 0: best validation CCC") == 1   # only rank 0 reports and writes
     model, config = load_model(os.path.join(project, "models/fold-0"))
     assert config["fusion"]["type"] == "lfan"
-    # what predict's demo warning reads: the params the data and the backbones were set by
-    assert config["trained_on"] == {"data_source": "demo", "visual_weights": "random", "audio_weights": "random"}
+    # what predict's demo warning reads: the data source, and the weights records of the feature set (none here)
+    assert config["trained_on"] == {"data_source": "demo", "weights": {"facenet": None, "openl3": None}}

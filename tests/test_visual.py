@@ -7,19 +7,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
-from conftest import LOOK, encode_video as encode, tree_digest, write_manifest
-from avfusion import visual
-from avfusion.extract import features_dir
-from avfusion.demo import draw_face
-from avfusion.faces import FaceTracker, FaceTrackEmbedder, random_state_dict
-from avfusion.media import frame_times
-from avfusion.store import FeatureReader
-from stages import visual as visual_stage
+from avfusion.extractors import facenet as visual
+from avfusion.faces.crop import crop_face
+from avfusion.faces.embedder import FaceTrackEmbedder, random_state_dict
+from avfusion.faces.tracker import FaceTracker
+from avfusion.sources.demo import draw_face
+from avfusion.sources.media import frame_times
+from avfusion.store.reader import FeatureReader
 
-OUT_DIR = features_dir("visual")
+from conftest import LOOK, extract, make_project, tree_digest
+from conftest import encode_video as encode
+
+OUT_DIR = os.path.join("data", "features", "facenet")
 
 
 def face(size: int, eye_open: float = 0.8, dx: float = 0.0) -> Image.Image:
@@ -120,17 +121,16 @@ def test_shared_media_row_per_decoded_frame(embedder, shared_media):
 
 def run_stage(root, monkeypatch, fail_on: str | None = None) -> None:
     """The stage in `root`; with `fail_on`, it dies when that video comes up (a killed run)."""
-    monkeypatch.chdir(root)
     if fail_on:
         original = visual.FaceNetExtractor.file_rows
 
         def dying(self, video):
-            if fail_on in video["path"]:
+            if fail_on in video.path:
                 raise KeyboardInterrupt
             return original(self, video)
         monkeypatch.setattr(visual.FaceNetExtractor, "file_rows", dying)
     try:
-        visual_stage.main()
+        extract(root, "facenet", monkeypatch)
     finally:
         monkeypatch.undo()
 
@@ -140,15 +140,12 @@ def test_resume_after_kill_is_byte_identical(tmp_path, monkeypatch):
     media.mkdir()
     videos = {"a": [face(128)] * 3, "b": [blank(128, 96)] * 2, "c": [two_faces(128, 96)] * 3}
     paths = {name: encode(media / f"{name}.mp4", frames) for name, frames in videos.items()}
-    params = {"visual": {"weights": "random", "seed": 0, "detect_size": 640, "min_face": 20, "margin": 20, "detect_every": 1,
-                         "batch_size": 2, "keep_pooled": False, "device": "cpu", "stores": 1, "workers": 1}}
+    params = {"facenet": {"weights": "random", "seed": 0, "detect_size": 640, "min_face": 20, "margin": 20,
+                          "detect_every": 1, "batch_size": 2, "keep_pooled": False, "device": "cpu", "stores": 1,
+                          "workers": 1}}
     for run in ("whole", "killed"):
-        root = tmp_path / run
-        (root / "data" / "weights").mkdir(parents=True)
-        torch.save(random_state_dict(0), root / "data" / "weights" / "visual.pt")
-        (root / "params.yaml").write_text(yaml.safe_dump(params))
-        write_manifest(root / "data" / "manifest.csv", [{"video_id": name, "path": paths[name]} for name in "ab"]
-                       + [{"video_id": "c_left", "path": paths["c"], "person": "left"}])
+        make_project(tmp_path / run, params, [{"video_id": name, "path": paths[name]} for name in "ab"]
+                     + [{"video_id": "c_left", "path": paths["c"], "person": "left"}])
     run_stage(tmp_path / "whole", monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         run_stage(tmp_path / "killed", monkeypatch, fail_on="c.mp4")
@@ -159,7 +156,7 @@ def test_resume_after_kill_is_byte_identical(tmp_path, monkeypatch):
     reader = FeatureReader(str(tmp_path / "whole" / OUT_DIR))
     assert reader.videos == ["a", "b", "c_left"] and reader.length("a") == 3
     assert reader.rows("a", columns=("valid",))["valid"].sum() >= 2
-    assert reader.provenance["extractor"] == visual.EXTRACTOR
+    assert reader.provenance["extractor"] == visual.FaceNetExtractor.version
 
 
 # ---------------------------------------------------------------- detect and track (visual.detect_every)
@@ -217,7 +214,6 @@ def test_tracking_redetects_when_the_face_vanishes_and_comes_back(tmp_path, monk
 
 def test_detect_every_1_is_detection_on_every_frame(tmp_path, monkeypatch):
     """k=1 never tracks and gives the rows of the cascade + tracker + crop + embedding on each frame."""
-    from avfusion.faces import crop_face
     path = encode(tmp_path / "mixed.mp4", [moving_face(i) for i in range(3)] + [blank(320, 240), two_faces(160, 120).resize((320, 240))])
     embedder = FaceTrackEmbedder(random_state_dict(0), "cpu", detect_every=1)
     monkeypatch.setattr(embedder.detector, "track", lambda *a: pytest.fail("k=1 must not track"))

@@ -1,14 +1,23 @@
-"""The weights stage: seeded random, local copies, refused pickles, and a loud failed download."""
+"""Weight files: seeded random, local copies, refused pickles, pinned downloads from a real HTTP server
+on 127.0.0.1 (a mismatch or a failure is one line and caches nothing), and reuse of made files."""
+import functools
+import hashlib
+import http.server
+import json
 import os
 import pickle
+import threading
 
 import pytest
 import torch
 
-from avfusion.errors import ParamsError
-from avfusion.params import SCHEMA
-from avfusion.weights import (AUDIO_NAMED, VISUAL_NAMED, WeightsError, check_state_dict, download, make_audio,
-                              make_visual)
+from avfusion.errors import ParamsError, WeightsError
+from avfusion.extraction.registry import get, names
+from avfusion.extraction.weights import Download, check_state_dict, fetch, materialise
+from avfusion.params import allowed, load_params
+from avfusion.paths import ROOT_ENV
+
+from conftest import REPO
 
 
 class Exploit:
@@ -16,41 +25,92 @@ class Exploit:
         return (os.system, ("touch /tmp/avfusion-pwned",))
 
 
-def test_failed_download_names_the_file_and_the_ways_out(tmp_path):
-    dest = str(tmp_path / "visual.pt")
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    (tmp_path / "params.yaml").write_text("{}\n")
+    monkeypatch.setenv(ROOT_ENV, str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A real HTTP server on 127.0.0.1 serving tmp_path/served/."""
+    served = tmp_path / "served"
+    served.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield served, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def facenet_params(**changes) -> dict:
+    return {**load_params("facenet", os.path.join(REPO, "params.yaml")), **changes}
+
+
+def test_pinned_download_is_checked_and_kept(server, tmp_path):
+    served, url = server
+    (served / "w.bin").write_bytes(b"weights" * 1000)
+    good = hashlib.sha256(b"weights" * 1000).hexdigest()
+    dest = tmp_path / "cache" / "w.bin"
+    dest.parent.mkdir()
+    fetch(Download(f"{url}/w.bin", good), str(dest), "x.weights")
+    assert dest.read_bytes() == b"weights" * 1000
+
+
+def test_mismatched_download_is_one_line_and_caches_nothing(server, tmp_path):
+    served, url = server
+    (served / "w.bin").write_bytes(b"tampered")
+    found, pinned = hashlib.sha256(b"tampered").hexdigest(), "0" * 64
+    cache = tmp_path / "cache"
+    cache.mkdir()
     with pytest.raises(WeightsError) as err:
-        download("http://127.0.0.1:9/20180402-114759-vggface2.pt", dest, "visual.weights")
+        fetch(Download(f"{url}/w.bin", pinned), str(cache / "w.bin"), "x.weights")
+    assert str(err.value) == f"{url}/w.bin: SHA-256 {found}, expected {pinned} (x.weights); not cached"
+    assert os.listdir(cache) == []
+
+
+def test_failed_download_names_the_file_and_the_ways_out(tmp_path):
+    dest = tmp_path / "w.pt"
+    with pytest.raises(WeightsError) as err:
+        fetch(Download("http://127.0.0.1:9/20180402-114759-vggface2.pt", "a" * 64), str(dest), "facenet.weights")
     message = str(err.value)
-    assert "20180402-114759-vggface2.pt" in message
-    assert "dvc pull" in message and "local path" in message and "reachable" in message
-    assert not os.path.exists(dest) and not os.path.exists(dest + ".download")
+    assert "\n" not in message and "20180402-114759-vggface2.pt" in message
+    assert "dvc pull" in message and "facenet.weights" in message and "reachable" in message
+    assert os.listdir(tmp_path) == []
 
 
-def test_malicious_pickle_is_refused_and_not_executed(tmp_path):
+def test_an_unpinned_file_is_not_downloaded(tmp_path):
+    with pytest.raises(WeightsError, match="no SHA-256 is pinned"):
+        fetch(Download("http://127.0.0.1:9/x.pt", ""), str(tmp_path / "x.pt"), "x.weights")
+
+
+def test_malicious_pickle_is_refused_and_not_executed(project, tmp_path):
     evil = tmp_path / "evil.pt"
     with open(evil, "wb") as f:
         pickle.dump({"w": Exploit()}, f)
     if os.path.exists("/tmp/avfusion-pwned"):
         os.remove("/tmp/avfusion-pwned")
     with pytest.raises(WeightsError, match="refused"):
-        make_visual(str(evil), 0, str(tmp_path / "visual.pt"))
+        materialise(get("facenet"), facenet_params(weights=str(evil)))
     assert not os.path.exists("/tmp/avfusion-pwned")
 
 
-def test_local_state_dict_is_copied(tmp_path):
+def test_local_state_dict_is_copied_and_recorded(project, tmp_path):
     src = tmp_path / "mine.pt"
     torch.save({"conv.weight": torch.ones(2, 2)}, src)
-    make_visual(str(src), 0, str(tmp_path / "visual.pt"))
-    assert torch.equal(torch.load(tmp_path / "visual.pt", weights_only=True)["conv.weight"], torch.ones(2, 2))
+    record = materialise(get("facenet"), facenet_params(weights=str(src)))
+    copied = project / "data" / "weights" / "facenet" / "inception_resnet_v1.pt"
+    assert torch.equal(torch.load(copied, weights_only=True)["conv.weight"], torch.ones(2, 2))
+    assert record == json.loads((project / "data" / "weights" / "facenet" / "weights.json").read_text())
+    assert record["files"] == {"inception_resnet_v1.pt": hashlib.sha256(copied.read_bytes()).hexdigest()}
 
 
-def test_unknown_spec_is_an_error(tmp_path):
-    with pytest.raises(ParamsError, match=r"^params.yaml: visual.weights must be random, vggface2, casia-webface "
+def test_unknown_spec_is_an_error(project):
+    with pytest.raises(ParamsError, match=r"^params.yaml: facenet.weights must be random, vggface2, casia-webface "
                                           r"or the path of an existing file, not 'imagenet'$"):
-        make_visual("imagenet", 0, str(tmp_path / "v.pt"))
-    with pytest.raises(ParamsError, match=r"audio.weights must be random, env, music or the path of an existing "
-                                          r"file, not 'speech'$"):
-        make_audio("speech", 0, "mel128", 512, str(tmp_path / "a.h5"))
+        materialise(get("facenet"), facenet_params(weights="imagenet"))
 
 
 def test_non_tensor_state_is_refused(tmp_path):
@@ -59,23 +119,33 @@ def test_non_tensor_state_is_refused(tmp_path):
         check_state_dict(str(tmp_path / "x.pt"))
 
 
-def test_random_weights_are_seeded(tmp_path):
-    make_visual("random", 3, str(tmp_path / "a.pt"))
-    make_visual("random", 3, str(tmp_path / "b.pt"))
-    a = torch.load(tmp_path / "a.pt", weights_only=True)
-    b = torch.load(tmp_path / "b.pt", weights_only=True)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    make_audio("random", 3, "mel128", 512, str(tmp_path / "a.h5"))
-    make_audio("random", 3, "mel128", 512, str(tmp_path / "b.h5"))
-    import h5py
-    import numpy as np
-    with h5py.File(tmp_path / "a.h5") as fa, h5py.File(tmp_path / "b.h5") as fb:
-        names = [n.decode() if isinstance(n, bytes) else n for n in fa.attrs["layer_names"]]
-        assert names
-        assert all(np.array_equal(fa[names[i]][w][()], fb[names[i]][w][()])
-                   for i in range(len(names)) for w in fa[names[i]].attrs["weight_names"])
+def test_random_weights_are_seeded_made_once_and_remade_for_another_spec(project, monkeypatch):
+    facenet = get("facenet")
+    first = materialise(facenet, facenet_params(seed=3))
+    calls = []
+    monkeypatch.setattr(facenet, "make_weights", classmethod(lambda cls, p, d: calls.append(p)))
+    assert materialise(facenet, facenet_params(seed=3)) == first and calls == []     # reused as they are
+    monkeypatch.undo()
+    monkeypatch.setenv(ROOT_ENV, str(project))
+    other = materialise(facenet, facenet_params(seed=4))
+    assert other["files"] != first["files"] and other["spec"]["seed"] == 4
+    again = materialise(facenet, facenet_params(seed=3))
+    assert again["files"] == first["files"]                                            # seeded: the same bytes
 
 
-def test_named_weights_are_the_ones_the_params_schema_lists():
-    for section, named in (("visual", VISUAL_NAMED), ("audio", AUDIO_NAMED)):
-        assert SCHEMA[section]["weights"].allowed == f"{', '.join(named)} or the path of an existing file"
+def test_a_tampered_file_is_made_again(project):
+    facenet = get("facenet")
+    first = materialise(facenet, facenet_params())
+    path = project / "data" / "weights" / "facenet" / "inception_resnet_v1.pt"
+    path.write_bytes(b"not weights")
+    assert materialise(facenet, facenet_params()) == first
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == first["files"]["inception_resnet_v1.pt"]
+
+
+@pytest.mark.parametrize("name", names())
+def test_named_weights_are_the_ones_the_params_schema_lists(name):
+    cls = get(name)
+    if "weights" in cls.Params.model_fields:
+        assert allowed(name, "weights") == f"{', '.join(cls.weight_names)} or the path of an existing file"
+    else:
+        assert cls.weight_names == () and cls.weight_files(load_params(name, os.path.join(REPO, "params.yaml"))) == []

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from avfusion.annotations import write_labels
-from avfusion.metrics import INVALID
-from avfusion.store import StoreWriter, bucket_of, store_path
-from avfusion.manifest import read_manifest
-from avfusion.windows import load_split, predict_video, repeatable_cpu_math, window_starts
+from avfusion.learning.metrics import INVALID
+from avfusion.learning.windows import load_split, predict_video, repeatable_cpu_math, window_starts
+from avfusion.sources.annotations import write_labels
+from avfusion.sources.manifest import read_manifest
+from avfusion.store.layout import bucket_of, store_path
+from avfusion.store.writer import StoreWriter
 
 DIM_VISUAL, DIM_AUDIO = 12, 8
 
@@ -51,17 +52,18 @@ def make_dataset(root, lengths=(90, 70, 120, 60, 80, 100, 75, 65), seed=0, store
         write_labels(path, full[:label_rows])
         videos[vid] = (visual, face, audio, voice)
         rows.append({"video_id": vid, "path": f"videos/{vid}.mp4", "split": split, "fps": 15, "frames": n,
-                     "labels": path, "label_frames": label_rows, "person": f"p{i}", "media": vid})
+                     "labels": path, "label_frames": label_rows, "person": f"p{i}", "media": vid,
+                     "sha256": f"{i:064x}"})
     with open(os.path.join(data, "manifest.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    for modality, (col, valid_col, dim) in {"visual": (0, 1, DIM_VISUAL), "audio": (2, 3, DIM_AUDIO)}.items():
-        directory = os.path.join(data, "features", modality)
+    for name, (col, valid_col, dim) in {"facenet": (0, 1, DIM_VISUAL), "openl3": (2, 3, DIM_AUDIO)}.items():
+        directory = os.path.join(data, "features", name)
         os.makedirs(directory, exist_ok=True)
         for bucket in range(stores):
             plan = sorted(v for v in videos if bucket_of(v, stores) == bucket)
-            writer = StoreWriter(store_path(directory, bucket), dim, {"extractor": f"synthetic-{modality}"}, plan)
+            writer = StoreWriter(store_path(directory, bucket), dim, {"extractor": f"synthetic-{name}"}, plan)
             for vid in plan:
                 n = len(videos[vid][col])
                 writer.append(vid, embedding=videos[vid][col], valid=videos[vid][valid_col],
@@ -78,7 +80,7 @@ def dataset(tmp_path_factory):
 
 def split_of(data, manifest, name="train"):
     entries = [e for e in manifest if e["split"] == name]
-    return load_split(entries, os.path.join(data, "features/visual"), os.path.join(data, "features/audio"))
+    return load_split(entries, os.path.join(data, "features/facenet"), os.path.join(data, "features/openl3"))
 
 
 @pytest.mark.parametrize("n, window, hop", [(1, 8, 4), (8, 8, 4), (9, 8, 4), (30, 8, 3), (100, 64, 32)])

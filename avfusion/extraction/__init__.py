@@ -1,0 +1,1 @@
+"""What every extractor shares: the base class and registry, the runner, weight files, common helpers."""

@@ -1,0 +1,58 @@
+"""Extractors on the face of each frame that the facenet stage found (its store's boxes and points):
+no second detection, and the same face in every face extractor's rows.
+
+Their stage (faces@<name>) runs after the facenet stage and depends on its store; their provenance
+records that store's (`boxes`), so new facenet params or weights move the faces and rebuild them.
+Frames without a face there are zero and not valid. Each trial follows its own person, so trials do
+not share rows. In the pipeline the facenet rows come from the store; `avfusion predict` passes the
+rows it just computed (`Video.faces`).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from avfusion import paths
+from avfusion.errors import DatasetError
+from avfusion.extraction.base import Extractor, Video
+from avfusion.store.reader import FeatureReader
+
+FACES = "facenet"       # the extractor whose store holds the face of each frame
+
+
+def open_faces(needed_by: str) -> FeatureReader:
+    try:
+        return FeatureReader(paths.features_dir(FACES))
+    except DatasetError:
+        raise DatasetError(f"{needed_by} reads the faces of {paths.features_dir(FACES)}: "
+                           f"run the {FACES} stage first") from None
+
+
+class FaceExtractor(Extractor):
+    reads_faces = True
+    store: FeatureReader | None = None          # the facenet store, opened by the first video that needs it
+
+    def provenance(self) -> dict:
+        boxes = {k: v for k, v in open_faces(self.name).provenance.items() if k != "videos_sha256"}
+        return {**super().provenance(), "boxes": boxes}
+
+    def faces(self, video: Video) -> dict[str, np.ndarray]:
+        """The facenet rows of a trial (`face_columns`): given with the video, or read from the store."""
+        if video.faces is not None:
+            return video.faces
+        self.store = self.store or open_faces(self.name)
+        missing = [c for c in self.face_columns if c not in self.store.arrays[0]]
+        if video.id not in self.store.index or missing:
+            raise DatasetError(f"{video.id}: not in {self.store.directory}{f' with {missing}' if missing else ''} "
+                               f"(re-run the {FACES} stage)")
+        rows = self.store.rows(video.id, self.face_columns).columns
+        if len(rows["valid"]) != len(video.times):
+            raise DatasetError(f"{video.id}: {len(rows['valid'])} face rows but {len(video.times)} frames "
+                               f"(the video changed: re-run the {FACES} stage)")
+        return rows
+
+    def rows(self, video: Video) -> dict[str, np.ndarray]:
+        return self.on_faces(video, self.faces(video))
+
+    def on_faces(self, video: Video, faces: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The rows of a trial given its facenet rows (`face_columns`, one per decoded frame)."""
+        raise NotImplementedError

@@ -1,0 +1,102 @@
+"""`egemaps`: openSMILE's eGeMAPSv02 low-level descriptors (pitch, loudness, jitter, shimmer, HNR,
+formants, spectral balance, ...) on each video frame, under openSMILE's own descriptor names.
+
+Licence: the `opensmile` package ships the openSMILE binary under audEERING's research licence: free
+for research and education, NOT for commercial use. It is an optional extra
+(`pip install -e '.[opensmile]'`) and is imported only when this extractor is built.
+
+openSMILE gives one row of 25 descriptors every 10 ms (20-60 ms windows, smoothed over 3 frames:
+`_sma3`). A video frame's value is the mean of those rows over the frame's interval, weighted by
+overlap (avfusion.framewise): a 25 fps frame holds four of them, so the mean keeps the descriptors'
+own time resolution and uses every row once; functionals over a longer centred window would blur
+neighbouring frames together and choose a context length the models can learn for themselves.
+Descriptors marked `nz` (F0, jitter, shimmer, HNR, formants) exist only in voiced rows (F0 > 0;
+elsewhere openSMILE writes 0, or -201 for the formant amplitudes), so they are averaged over the
+voiced rows only, as eGeMAPS' own functionals do, and are 0 in a frame without a voiced row: a pitch
+of 0 means "unvoiced", as in openSMILE's output. Audio is read at 16 kHz.
+"""
+from __future__ import annotations
+
+from importlib.metadata import version
+
+import numpy as np
+
+from avfusion.errors import UserError
+from avfusion.extraction.base import register
+from avfusion.extraction.framewise import (
+    SAMPLE_RATE,
+    FrameFeatures,
+    FramewiseExtractor,
+    frame_audio,
+    frame_intervals,
+    interval_mean,
+)
+
+HOP = 0.01              # seconds between eGeMAPS LLD rows
+VOICING = "F0semitoneFrom27.5Hz_sma3nz"
+
+
+MISSING = "the egemaps extractor needs openSMILE: pip install -e '.[opensmile]'"
+
+
+def _smile():
+    try:
+        import opensmile
+    except ImportError:
+        raise UserError(MISSING) from None
+    return opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
+                           feature_level=opensmile.FeatureLevel.LowLevelDescriptors)
+
+
+class EGeMAPS:
+    """Built once (starts openSMILE), then `frames(path, times)` per video."""
+
+    def __init__(self):
+        self.smile = _smile()
+        self.names = list(self.smile.feature_names)
+        self.voiced_only = np.array([name.endswith("_sma3nz") for name in self.names])
+        self.provenance = {"extractor": "egemaps", "opensmile": version("opensmile"), "feature_set": "eGeMAPSv02",
+                           "feature_level": "LowLevelDescriptors", "sample_rate": SAMPLE_RATE, "hop": HOP,
+                           "per_frame": "overlap-weighted mean of LLD rows over the frame interval; "
+                                        "nz descriptors over voiced rows only"}
+
+    def descriptors(self, samples: np.ndarray) -> tuple[np.ndarray, float]:
+        """LLD rows [m, 25] of 16 kHz audio, and the time of row 0's centre from sample 0."""
+        lld = self.smile.process_signal(samples, SAMPLE_RATE)
+        if list(lld.columns) != self.names:
+            raise RuntimeError(f"openSMILE returned columns {list(lld.columns)}, expected {self.names}")
+        starts = lld.index.get_level_values("start").total_seconds().to_numpy()
+        ends = lld.index.get_level_values("end").total_seconds().to_numpy()
+        centre = float(starts[0] + ends[0]) / 2 if len(lld) else 0.0
+        return lld.to_numpy(np.float64), centre
+
+    def frames(self, path: str, times: np.ndarray) -> FrameFeatures:
+        samples, start, valid = frame_audio(path, times)
+        out = np.zeros((len(valid), len(self.names)))
+        if valid.any():
+            lld, centre = self.descriptors(samples)
+            voiced = (lld[:, self.names.index(VOICING)] > 0).astype(np.float64)
+            # row k stands for [centre_k - HOP/2, centre_k + HOP/2) on the video clock
+            t0, intervals = start + centre - HOP / 2, frame_intervals(times)
+            out[:, ~self.voiced_only] = interval_mean(lld[:, ~self.voiced_only], t0, HOP, *intervals)
+            voiced_sum = interval_mean(lld[:, self.voiced_only] * voiced[:, None], t0, HOP, *intervals)
+            voiced_share = interval_mean(voiced, t0, HOP, *intervals)
+            has_voice = voiced_share[:, 0] > 0
+            out[np.ix_(has_voice, self.voiced_only)] = voiced_sum[has_voice] / voiced_share[has_voice]
+            out[~valid] = 0.0
+        return FrameFeatures(out.astype(np.float32), valid, list(self.names), dict(self.provenance))
+
+
+@register
+class EGeMAPSExtractor(FramewiseExtractor):
+    """openSMILE eGeMAPSv02 low-level descriptors, 25 columns under openSMILE's names (optional extra)."""
+    name, version = "egemaps", "opensmile-egemapsv02-lld/1"
+
+    @classmethod
+    def available(cls) -> str | None:
+        import importlib.util
+        return None if importlib.util.find_spec("opensmile") else MISSING
+
+    def build(self):
+        smile = EGeMAPS()
+        return smile, smile.names
