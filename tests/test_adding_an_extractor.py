@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import yaml
 
 from conftest import REPO, dvc, run, stages_run, tool_env
 
@@ -34,10 +35,12 @@ def test_following_the_guide_adds_an_extractor_that_runs_alone(pipeline_copy):
     params, = blocks("yaml")
     with open(os.path.join(repo, "avfusion", "extractors", "rms.py"), "w") as f:
         f.write(module)
-    text = open(os.path.join(repo, "params.yaml")).read()
-    assert "  extractors: [vad]\n" in text
+    with open(os.path.join(repo, "params.yaml")) as f:
+        config = yaml.safe_load(f)
+    config["features"]["extractors"].append("rms")
+    config.update(yaml.safe_load(params))
     with open(os.path.join(repo, "params.yaml"), "w") as f:
-        f.write(text.replace("  extractors: [vad]\n", "  extractors: [vad, rms]\n") + "\n" + params)
+        yaml.safe_dump(config, f, sort_keys=False)
     changed = run(["git", "status", "--porcelain"], cwd=repo).stdout.split("\n")
     assert sorted(line[3:] for line in changed if line) == ["avfusion/extractors/rms.py", "params.yaml"]
     run(["git", "add", "-A"], cwd=repo)
