@@ -97,6 +97,7 @@ def test_rate_grid_maps_frames_to_the_nearest_embedding(videos, weights):
     assert not np.array_equal(emb_coarse[slot == 0][0], emb_coarse[slot == 1][0])
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_matches_a_full_run(tmp_path, monkeypatch, videos, weights):
     rows = [("a", videos["voice"]), ("b", videos["pause"]), ("c", videos["mute"]), ("d", videos["voice"])]
     full = run_stage(make_project(tmp_path / "full", rows, weights, stores=1), monkeypatch)

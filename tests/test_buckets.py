@@ -164,6 +164,7 @@ def torchrun(out: str, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_match_single_process(tmp_path, single):
     out = str(tmp_path / "features")
     proc = torchrun(out)
@@ -174,6 +175,7 @@ def test_torchrun_two_ranks_match_single_process(tmp_path, single):
     assert tree_digest(out) == tree_digest(single)
 
 
+@pytest.mark.slow
 def test_torchrun_failure_stops_every_rank(tmp_path):
     proc = torchrun(str(tmp_path / "features"), "bad")
     output = proc.stdout + proc.stderr

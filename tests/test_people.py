@@ -140,6 +140,7 @@ def test_left_and_right_trials_share_one_decode(tmp_path, videos, monkeypatch, p
         assert set(left["person"][left["valid"]]) != set(right["person"][right["valid"]])
 
 
+@pytest.mark.slow
 def test_people_all_store_holds_everyone_and_one_row_per_frame(tmp_path, videos, monkeypatch):
     reader, _ = run_visual(tmp_path, videos, [{"video_id": "broken", "file": "broken"},
                                               {"video_id": "cross", "file": "crossing"}], "all", monkeypatch, "skip")

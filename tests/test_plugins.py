@@ -213,6 +213,7 @@ def test_foreach_stages_run_only_the_listed_extractors(tmp_path):
         landmarks.rows(v)["valid"], visual.rows(v)["valid"]) for v in visual.videos)
 
 
+@pytest.mark.slow
 def test_landmarks_are_mtcnns_points_of_the_tracked_face(tmp_path, monkeypatch):
     """A real street frame, moving, then gone: the landmarks store holds the library's own five points
     (MTCNN.detect(..., landmarks=True) on the decoded frames) of the facenet store's face, normalised to

@@ -102,6 +102,7 @@ def test_cross_validation_writes_one_model_per_fold(project):
     assert sorted(os.listdir(os.path.join(project, "models"))) == ["fold-0"]
 
 
+@pytest.mark.slow
 def test_torchrun_ddp_with_two_cpu_processes(project):
     with open(os.path.join(REPO, "params.yaml")) as f:
         params = yaml.safe_load(f)

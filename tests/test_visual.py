@@ -135,6 +135,7 @@ def run_stage(root, monkeypatch, fail_on: str | None = None) -> None:
         monkeypatch.undo()
 
 
+@pytest.mark.slow
 def test_resume_after_kill_is_byte_identical(tmp_path, monkeypatch):
     media = tmp_path / "media"
     media.mkdir()
@@ -212,6 +213,7 @@ def test_tracking_redetects_when_the_face_vanishes_and_comes_back(tmp_path, monk
     assert sum(frame.std(axis=(0, 1)).max() < 3 for frame in cascades) == 1 and len(cascades) < 8
 
 
+@pytest.mark.slow
 def test_detect_every_1_is_detection_on_every_frame(tmp_path, monkeypatch):
     """k=1 never tracks and gives the rows of the cascade + tracker + crop + embedding on each frame."""
     path = encode(tmp_path / "mixed.mp4", [moving_face(i) for i in range(3)] + [blank(320, 240), two_faces(160, 120).resize((320, 240))])
