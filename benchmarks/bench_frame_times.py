@@ -23,13 +23,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path[:0] = [REPO]
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from avfusion.extraction.base import Video  # noqa: E402
-from avfusion.extraction.registry import get  # noqa: E402
-from avfusion.paths import file_sha256  # noqa: E402
-from avfusion.sources.manifest import read_frame_times, write_frame_times  # noqa: E402
-from avfusion.sources.media import frame_times, probe  # noqa: E402
+from avfusion.extraction.base import Video
+from avfusion.extraction.registry import get
+from avfusion.paths import file_sha256
+from avfusion.sources.manifest import read_frame_times, write_frame_times
+from avfusion.sources.media import frame_times, probe
 
 NAMES = ("vad", "egemaps", "logmel", "mfcc")
 

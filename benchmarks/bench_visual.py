@@ -53,11 +53,11 @@ from torchvision.ops import box_iou
 
 sys.path[:0] = [os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                 os.path.dirname(os.path.abspath(__file__))]
-from bench import merge_into_report  # noqa: E402
-from PIL import Image, ImageFilter  # noqa: E402
+from bench import merge_into_report
+from PIL import Image, ImageFilter
 
 from avfusion.faces.embedder import FaceTrackEmbedder, FaceTracker, crop_face, random_state_dict
-from avfusion.params import resolve_device  # noqa: E402
+from avfusion.params import resolve_device
 from avfusion.sources.demo import draw_face
 from avfusion.sources.media import decode_video
 

@@ -22,13 +22,13 @@ import matplotlib
 import numpy as np
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path[:0] = [REPO, HERE]
 
-from bench import load, merge_into_report, params  # noqa: E402
+from bench import load, merge_into_report, params
 
 from avfusion.extraction.framewise import SAMPLE_RATE
 from avfusion.extractors.egemaps import EGeMAPSExtractor
