@@ -41,9 +41,12 @@ import av
 import numpy as np
 import torch
 import yaml
+import zarr
 from bench_audio import cpu_name, network_flop
 from bench_store_scale import files_and_bytes, write_stores
 
+import stages.dataset
+import stages.demo
 from avfusion.extraction.base import Extractor
 from avfusion.extraction.registry import get
 from avfusion.extraction.runner import run_stage
@@ -56,7 +59,9 @@ from avfusion.openl3.frontend import SAMPLE_RATE
 from avfusion.openl3.network import WINDOW
 from avfusion.params import load_params
 from avfusion.paths import ROOT_ENV
+from avfusion.sources.manifest import read_manifest
 from avfusion.sources.media import decode_video, frame_times, probe
+from avfusion.store.layout import ROWS_PER_CHUNK, ROWS_PER_SHARD
 from avfusion.store.reader import FeatureReader
 
 BACKBONES = ("facenet", "openl3")
@@ -201,9 +206,6 @@ def bench_store_read(quick: bool, tmp: str) -> dict:
 
     # Diagnostic: the same layout (chunks, shards) without compression, read through zarr directly,
     # separates the codec's share of the cost from zarr's own per-read overhead.
-    import zarr
-
-    from avfusion.store.writer import ROWS_PER_CHUNK, ROWS_PER_SHARD
     plain = zarr.open_group(os.path.join(tmp, "plain.zarr"), mode="w").create_array(
         "embedding", shape=(total, dim), dtype="float32", chunks=(ROWS_PER_CHUNK, dim),
         shards=(ROWS_PER_SHARD, dim), compressors=None)
@@ -445,9 +447,6 @@ def project(root: str):
 def make_project(root: str, videos: int, demo: dict) -> list[dict]:
     """A throwaway project: the repository's params.yaml (demo resized), then its demo and dataset stages
     (videos, manifest, frame times). Returns the manifest rows (absolute paths)."""
-    import stages.dataset
-    import stages.demo
-    from avfusion.sources.manifest import read_manifest
     with open(os.path.join(REPO, "params.yaml")) as f:
         all_params = yaml.safe_load(f)
     all_params["demo"] = {**all_params["demo"], **demo, "videos": videos}

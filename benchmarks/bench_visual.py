@@ -62,6 +62,7 @@ from PIL import Image, ImageFilter
 
 from avfusion.faces.crop import crop_face
 from avfusion.faces.embedder import FaceTrackEmbedder, random_state_dict
+from avfusion.faces.people import people_summary
 from avfusion.faces.tracker import FaceTracker
 from avfusion.params import resolve_device
 from avfusion.sources.demo import draw_face
@@ -380,7 +381,6 @@ def compare_tracking(video: str, ks: list[int], reps: int, out: str) -> None:
 
 
 def compare_people(video: str, reps: int, out: str) -> None:
-    from avfusion.faces.people import people_summary
     embedder = FaceTrackEmbedder(random_state_dict(0), "cpu")
     runs = {"one": lambda: embedder.embed_video(video), "all": lambda: embedder.embed_people(video)}
     result = {"video": os.path.basename(video), "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
