@@ -134,18 +134,31 @@ def merge_into_report(path: str, key: str, value: dict) -> None:
 
 def clip(src: str, dst: str, width: int | None = None, height: int | None = None,
          frames: int | None = None) -> str:
-    """Re-encode the first `frames` frames of `src` (H.264, crf 18) at width x height, with its audio."""
+    """Re-encode the first `frames` frames of `src` (H.264, crf 18) at width x height, with its audio over
+    the same span (AAC)."""
+    end = None                                    # the time of the first frame left out
     with av.open(src) as inp, av.open(dst, "w") as out:
         vin = inp.streams.video[0]
         width, height = width or vin.width, height or vin.height
         vout = out.add_stream("libx264", rate=vin.average_rate)
         vout.width, vout.height, vout.pix_fmt = width, height, "yuv420p"
         vout.options = {"crf": "18"}
+        ain = inp.streams.audio[0] if inp.streams.audio else None
+        if ain is not None:
+            aout = out.add_stream("aac", rate=ain.rate, layout="mono" if ain.layout.nb_channels == 1 else "stereo")
         for n, frame in enumerate(inp.decode(vin)):
             if frames is not None and n >= frames:
+                end = frame.time
                 break
             out.mux(vout.encode(frame.reformat(width, height, format="yuv420p")))
         out.mux(vout.encode())
+        if ain is not None:
+            inp.seek(0)
+            for frame in inp.decode(ain):
+                if end is not None and frame.time >= end:
+                    break
+                out.mux(aout.encode(frame))          # PyAV converts and re-chunks for the encoder
+            out.mux(aout.encode())
     return dst
 
 
