@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import datetime
 import functools
+import io
 import json
 import os
 import platform
@@ -37,37 +37,69 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path[:0] = [REPO, HERE]
 
-import av  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
-from bench_audio import cpu_name, network_flop  # noqa: E402
-from bench_store_scale import files_and_bytes, write_stores  # noqa: E402
+import av
+import numpy as np
+import torch
+import yaml
+import zarr
+from bench_audio import cpu_name, network_flop
+from bench_store_scale import files_and_bytes, write_stores
 
-from avfusion.extractors.openl3 import AudioEmbedder
-from avfusion.faces.embedder import FaceTrackEmbedder, random_state_dict
+import stages.dataset
+import stages.demo
+from avfusion.extraction.base import Extractor
+from avfusion.extraction.registry import get
+from avfusion.extraction.runner import run_stage
 from avfusion.learning.fusion import build_model
-from avfusion.learning.metrics import masked_ccc_loss
+from avfusion.learning.metrics import LOSSES
+from avfusion.learning.recipes import resolve
+from avfusion.learning.train import make_optimizer, train_fold
 from avfusion.learning.windows import Split, Video, load_labels, load_split
-from avfusion.openl3 import network as openl3
+from avfusion.openl3.frontend import SAMPLE_RATE
+from avfusion.openl3.network import WINDOW
+from avfusion.params import load_params
+from avfusion.paths import ROOT_ENV
+from avfusion.sources.manifest import read_manifest
 from avfusion.sources.media import decode_video, frame_times, probe
+from avfusion.store.layout import ROWS_PER_CHUNK, ROWS_PER_SHARD
 from avfusion.store.reader import FeatureReader
 
+BACKBONES = ("facenet", "openl3")
 FUSION_TYPES = ("jca", "lfan", "cross_attention", "concat", "late", "audio_only", "visual_only")
 NO_GPU = "unmeasured: no GPU"
 TARGETS = {   # docs/design.md / issue 9: metric -> (comparison, target)
     "cached_vs_recompute_speedup": (">=", 50),
     "zarr_vs_memmap_read_ratio": (">=", 0.5),
-    "visual_1080p_cpu_fps": (">=", 8),
-    "audio_flops_fraction_of_peak": (">=", 0.5),
+    "facenet_1080p_cpu_fps": (">=", 8),
+    "openl3_flops_fraction_of_peak": (">=", 0.5),
 }
 
 
 # ---------------------------------------------------------------- helpers
 
 def params(section: str) -> dict:
-    with open(os.path.join(REPO, "params.yaml")) as f:
-        return yaml.safe_load(f)[section]
+    """A section of the repository's params.yaml, checked and completed as its stage loads it."""
+    return load_params(section, os.path.join(REPO, "params.yaml"))
+
+
+def fusion_and_train() -> tuple[dict, dict]:
+    """The fusion and train sections as the train stage sees them: the recipe's values in place of nulls."""
+    fusion, train, _ = resolve(params("fusion"), params("train"))
+    return fusion, train
+
+
+def built(name: str, weights_dir: str, device: str = "cpu", **overrides) -> Extractor:
+    """Extractor `name` as its stage builds it, from the repository's params (with `overrides`): its
+    weight files made in `weights_dir` (seeded random by default: speed does not depend on the values),
+    its models loaded."""
+    cls = get(name)
+    settings = {**params(name), **overrides}
+    extractor = cls(settings, device)
+    os.makedirs(weights_dir, exist_ok=True)
+    cls.make_weights(settings, weights_dir)
+    extractor.weights_dir = weights_dir
+    extractor.ensure_loaded()
+    return extractor
 
 
 def load() -> float:
@@ -102,18 +134,31 @@ def merge_into_report(path: str, key: str, value: dict) -> None:
 
 def clip(src: str, dst: str, width: int | None = None, height: int | None = None,
          frames: int | None = None) -> str:
-    """Re-encode the first `frames` frames of `src` (H.264, crf 18) at width x height, with its audio."""
+    """Re-encode the first `frames` frames of `src` (H.264, crf 18) at width x height, with its audio over
+    the same span (AAC)."""
+    end = None                                    # the time of the first frame left out
     with av.open(src) as inp, av.open(dst, "w") as out:
         vin = inp.streams.video[0]
         width, height = width or vin.width, height or vin.height
         vout = out.add_stream("libx264", rate=vin.average_rate)
         vout.width, vout.height, vout.pix_fmt = width, height, "yuv420p"
         vout.options = {"crf": "18"}
+        ain = inp.streams.audio[0] if inp.streams.audio else None
+        if ain is not None:
+            aout = out.add_stream("aac", rate=ain.rate, layout="mono" if ain.layout.nb_channels == 1 else "stereo")
         for n, frame in enumerate(inp.decode(vin)):
             if frames is not None and n >= frames:
+                end = frame.time
                 break
             out.mux(vout.encode(frame.reformat(width, height, format="yuv420p")))
         out.mux(vout.encode())
+        if ain is not None:
+            inp.seek(0)
+            for frame in inp.decode(ain):
+                if end is not None and frame.time >= end:
+                    break
+                out.mux(aout.encode(frame))          # PyAV converts and re-chunks for the encoder
+            out.mux(aout.encode())
     return dst
 
 
@@ -174,9 +219,6 @@ def bench_store_read(quick: bool, tmp: str) -> dict:
 
     # Diagnostic: the same layout (chunks, shards) without compression, read through zarr directly,
     # separates the codec's share of the cost from zarr's own per-read overhead.
-    import zarr
-
-    from avfusion.store.writer import ROWS_PER_CHUNK, ROWS_PER_SHARD
     plain = zarr.open_group(os.path.join(tmp, "plain.zarr"), mode="w").create_array(
         "embedding", shape=(total, dim), dtype="float32", chunks=(ROWS_PER_CHUNK, dim),
         shards=(ROWS_PER_SHARD, dim), compressors=None)
@@ -219,7 +261,7 @@ def bench_store_read(quick: bool, tmp: str) -> dict:
 # ---------------------------------------------------------------- 3. extraction throughput
 
 def bench_extraction(quick: bool, tmp: str, video: str) -> dict:
-    vp, ap = params("visual"), params("audio")
+    """The facenet and openl3 extractors as their stages build them (params.yaml, seeded random weights)."""
     device = "cpu"
     # The whole clip (105 frames): a short one mostly measures per-video start-up, not throughput.
     frames = 8 if quick else None
@@ -227,15 +269,17 @@ def bench_extraction(quick: bool, tmp: str, video: str) -> dict:
     info = probe(video)
     inputs = {"1080p": clip(video, os.path.join(tmp, "1080p.mp4"), frames=frames),
               "640p": clip(video, os.path.join(tmp, "640p.mp4"), 640, 360, frames)}
-    embedder = FaceTrackEmbedder(random_state_dict(vp["seed"]), device, vp["detect_size"], vp["min_face"],
-                                 vp["margin"], vp["batch_size"])
+    facenet = built("facenet", os.path.join(tmp, "facenet"), device)
+    embedder = facenet.embedder
+    fp = facenet.params
     out: dict = {"inputs": {"video": os.path.relpath(video, REPO), "source": f"{info.width}x{info.height}, "
                             f"{info.fps:g} fps, {info.duration:.2f} s", "frames": frames or "all",
                             "1080p": f"its first {frames or 'all'} frames re-encoded (H.264 crf 18) at 1920x1080",
                             "640p": "the same frames re-encoded (H.264 crf 18) at 640x360",
-                            "visual_params": {k: vp[k] for k in ("detect_size", "min_face", "margin", "batch_size")},
+                            "facenet_params": {k: fp[k] for k in ("detect_size", "min_face", "detect_every", "margin",
+                                                                  "batch_size")},
                             "weights": "seeded random (speed does not depend on the values)"},
-                 "reps": reps, "load_before": load(), "visual": {}}
+                 "reps": reps, "load_before": load(), "facenet": {}}
     embedder.embed_video(inputs["640p"])                      # warm-up: allocations, oneDNN kernel choice
     metrics = {}
     for name, path in inputs.items():
@@ -248,17 +292,15 @@ def bench_extraction(quick: bool, tmp: str, video: str) -> dict:
             found = float(rows["valid"].mean())
             seconds, _, n = timed(decode_only, path)
             dec.append(n / seconds)
-        out["visual"][name] = {"frames_per_s": [r(x) for x in fps], "decode_only_frames_per_s": [r(x) for x in dec],
-                               "median_frames_per_s": r(med(fps)), "median_decode_only_frames_per_s": r(med(dec)),
-                               "cpu_seconds_per_frame": r(med(cpu)), "share_of_frames_with_face": round(found, 3)}
-        metrics[f"visual_{name}_cpu_fps"] = r(med(fps))
-        metrics[f"visual_{name}_decode_only_fps"] = r(med(dec))
+        out["facenet"][name] = {"frames_per_s": [r(x) for x in fps], "decode_only_frames_per_s": [r(x) for x in dec],
+                                "median_frames_per_s": r(med(fps)), "median_decode_only_frames_per_s": r(med(dec)),
+                                "cpu_seconds_per_frame": r(med(cpu)), "share_of_frames_with_face": round(found, 3)}
+        metrics[f"facenet_{name}_cpu_fps"] = r(med(fps))
+        metrics[f"facenet_{name}_decode_only_fps"] = r(med(dec))
 
-    # Audio: the stage's embedder and params on the clip's own audio track.
-    weights = os.path.join(tmp, "audio.h5")
-    openl3.write_random_weights(weights, ap["input_repr"], ap["embedding_size"], ap["seed"])
-    audio_embedder = AudioEmbedder(weights, ap["input_repr"], ap["embedding_size"], ap["rate"], device,
-                                   ap["batch_size"], ap["silence_db"], ap["silence_window"])
+    # openl3: the stage's embedder and params on the clip's own audio track.
+    openl3 = built("openl3", os.path.join(tmp, "openl3"), device)
+    audio_embedder, ap = openl3.embedder, openl3.params
     times = frame_times(video)
     duration = float(times[-1] + 1 / info.fps)
     audio_embedder.embed_video(video, times)            # warm-up
@@ -268,19 +310,19 @@ def bench_extraction(quick: bool, tmp: str, video: str) -> dict:
         seconds, _, _ = timed(audio_embedder.embed_video, video, times)
         windows = audio_embedder.windows - before_windows
         speed.append(duration / seconds)
-    out["audio"] = {"input": f"{os.path.relpath(video, REPO)} audio track, {duration:.2f} s",
-                    "params": {k: ap[k] for k in ("input_repr", "embedding_size", "rate", "batch_size")},
-                    "windows_per_video": windows, "audio_seconds_per_second": [r(x) for x in speed],
-                    "median_audio_seconds_per_second": r(med(speed))}
-    metrics["audio_seconds_per_second_cpu"] = r(med(speed))
+    out["openl3"] = {"input": f"{os.path.relpath(video, REPO)} audio track, {duration:.2f} s",
+                     "params": {k: ap[k] for k in ("input_repr", "embedding_size", "rate", "batch_size")},
+                     "windows_per_video": windows, "audio_seconds_per_second": [r(x) for x in speed],
+                     "median_audio_seconds_per_second": r(med(speed))}
+    metrics["openl3_audio_seconds_per_second_cpu"] = r(med(speed))
 
-    # Audio network GFLOP/s vs dense fp32 matmul GFLOP/s, alternating within each repetition.
+    # The openl3 network's GFLOP/s vs dense fp32 matmul GFLOP/s, alternating within each repetition.
     model = audio_embedder.model
     flop = network_flop(model)
     n_windows = 4 if quick else 8
-    wave = np.random.default_rng(0).normal(0, 0.1, n_windows * openl3.SAMPLE_RATE // 10 + openl3.WINDOW)
+    wave = np.random.default_rng(0).normal(0, 0.1, n_windows * SAMPLE_RATE // 10 + WINDOW)
     wave = wave.astype(np.float32)
-    centres = np.arange(n_windows) * openl3.SAMPLE_RATE // 10 + openl3.WINDOW // 2
+    centres = np.arange(n_windows) * SAMPLE_RATE // 10 + WINDOW // 2
     size = 1024 if quick else 2048
     a, b = torch.randn(size, size), torch.randn(size, size)
 
@@ -300,14 +342,14 @@ def bench_extraction(quick: bool, tmp: str, video: str) -> dict:
             else:
                 net.append(flop * n_windows / seconds / 1e9)
     fractions = [n / m for n, m in zip(net, mm)]
-    out["audio_flops"] = {"input_repr": ap["input_repr"], "gflop_per_window": r(flop / 1e9, 4),
-                          "windows_per_rep": n_windows, "matmul": f"{size}x{size} fp32",
-                          "torch_threads": torch.get_num_threads(),
-                          "network_gflops": [r(x) for x in net], "matmul_gflops": [r(x) for x in mm],
-                          "median_network_gflops": r(med(net)), "median_matmul_gflops": r(med(mm)),
-                          "per_rep_fraction_median": r(med(fractions))}
-    metrics["audio_flops_fraction_of_peak"] = r(med(net) / med(mm))
-    metrics["visual_gpu_fps"] = NO_GPU if not torch.cuda.is_available() else "not implemented"
+    out["openl3_flops"] = {"input_repr": ap["input_repr"], "gflop_per_window": r(flop / 1e9, 4),
+                           "windows_per_rep": n_windows, "matmul": f"{size}x{size} fp32",
+                           "torch_threads": torch.get_num_threads(),
+                           "network_gflops": [r(x) for x in net], "matmul_gflops": [r(x) for x in mm],
+                           "median_network_gflops": r(med(net)), "median_matmul_gflops": r(med(mm)),
+                           "per_rep_fraction_median": r(med(fractions))}
+    metrics["openl3_flops_fraction_of_peak"] = r(med(net) / med(mm))
+    metrics["facenet_gpu_fps"] = NO_GPU if not torch.cuda.is_available() else "not implemented"
     out["load_after"] = load()
     out["metrics"] = metrics
     return out
@@ -329,16 +371,17 @@ def synthetic_split(videos: int, frames: int, dim_visual: int, dim_audio: int, s
 
 
 class Trainer:
-    """The train stage's inner step (AdamW, masked 1 - CCC, grad clipping) on a fixed model."""
+    """The train stage's inner step (its optimizer, loss and grad clipping) on a fixed model;
+    `train` and `fusion` as the recipe resolved them (`fusion_and_train`)."""
 
     def __init__(self, fusion_type: str, split: Split, train: dict, fusion: dict):
         torch.manual_seed(0)
         self.split, self.window, self.batch = split, train["window"], train["batch_size"]
         self.model = build_model({**fusion, "type": fusion_type}, self.window, split.visual.shape[1],
                                  split.audio.shape[1])
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=train["lr"], weight_decay=train["weight_decay"])
+        self.opt = make_optimizer(self.model, train)
         self.windows = split.windows(self.window, train["hop"])
-        self.clip = train.get("grad_clip", 1.0)
+        self.clip, self.loss = train["grad_clip"], LOSSES[train["loss"]]
         self.gen = torch.Generator().manual_seed(0)
 
     def steps(self, n: int) -> int:
@@ -358,16 +401,17 @@ class Trainer:
     def _step(self, batch: torch.Tensor) -> int:
         x = self.split.gather(self.windows[batch], self.window)
         pred = self.model(x["visual"], x["visual_valid"], x["audio"], x["audio_valid"])
-        loss = masked_ccc_loss(pred.float(), x["labels"], x["label_mask"])
+        loss = self.loss(pred.float(), x["labels"], x["label_mask"])
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+        if self.clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
         self.opt.step()
         return len(batch)
 
 
 def bench_training(quick: bool, tmp: str) -> dict:
-    train, fusion, demo = params("train"), params("fusion"), params("demo")
+    (fusion, train), demo = fusion_and_train(), params("demo")
     frames = int(demo["fps"] * demo["seconds"])
     split = synthetic_split(demo["videos"], frames, 512, 512)
     steps, reps = (2, 2) if quick else (6, 5)
@@ -397,90 +441,83 @@ def bench_training(quick: bool, tmp: str) -> dict:
 # ---------------------------------------------------------------- 1 + 5. the pipeline on a small demo
 
 @contextlib.contextmanager
-def chdir(path: str):
-    old = os.getcwd()
-    os.chdir(path)
+def project(root: str):
+    """Library calls and stages inside act on the project at `root` (avfusion/paths.py) and run there,
+    as dvc runs them."""
+    old_cwd, old_root = os.getcwd(), os.environ.get(ROOT_ENV)
+    os.environ[ROOT_ENV] = root
+    os.chdir(root)
     try:
         yield
     finally:
-        os.chdir(old)
+        os.chdir(old_cwd)
+        if old_root is None:
+            os.environ.pop(ROOT_ENV)
+        else:
+            os.environ[ROOT_ENV] = old_root
 
 
 def make_project(root: str, videos: int, demo: dict) -> list[dict]:
-    """A throwaway project dir: params.yaml (the repo's, demo resized), demo videos, manifest, weights."""
-    from avfusion.extraction.weights import make_audio, make_visual
-    from avfusion.sources.dataset import build_manifest
-    from avfusion.sources.demo import make_video
-    from avfusion.sources.manifest import COLUMNS
+    """A throwaway project: the repository's params.yaml (demo resized), then its demo and dataset stages
+    (videos, manifest, frame times). Returns the manifest rows (absolute paths)."""
     with open(os.path.join(REPO, "params.yaml")) as f:
         all_params = yaml.safe_load(f)
     all_params["demo"] = {**all_params["demo"], **demo, "videos": videos}
     all_params["data"] = {**all_params["data"], "source": "demo", "root": "data/demo"}
-    os.makedirs(os.path.join(root, "data", "demo", "videos"))
-    os.makedirs(os.path.join(root, "data", "demo", "labels"))
-    os.makedirs(os.path.join(root, "data", "weights"))
+    os.makedirs(root)
     with open(os.path.join(root, "params.yaml"), "w") as f:
-        yaml.safe_dump(all_params, f)
-    with chdir(root):
-        splits = [make_video(i, all_params["demo"], "data/demo") for i in range(videos)]
-        with open("data/demo/splits.csv", "w", newline="") as f:
-            csv.writer(f).writerows([("video_id", "split"), *splits])
-        rows = build_manifest(all_params["data"])
-        with open("data/manifest.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
-            writer.writeheader()
-            writer.writerows({k: row[k] for k in COLUMNS} for row in rows)
-        vp, ap = all_params["visual"], all_params["audio"]
-        make_visual("random", vp["seed"], "data/weights/visual.pt")
-        make_audio("random", ap["seed"], ap["input_repr"], ap["embedding_size"], "data/weights/audio.h5")
-    # The stages read manifest.csv (relative paths, run in `root`); the bench uses absolute ones.
-    return [{**row, "path": os.path.join(root, row["path"]), "labels": os.path.join(root, row["labels"])}
-            for row in rows]
+        yaml.safe_dump(all_params, f, sort_keys=False)
+    with open(os.path.join(root, "dvc.yaml"), "w") as f:
+        f.write("stages: {}\n")                  # with params.yaml, marks the project root
+    with project(root), contextlib.redirect_stdout(io.StringIO()):
+        stages.demo.main()
+        stages.dataset.main()
+        return read_manifest()
 
 
 def extract_stage(root: str) -> dict:
-    """The visual and audio stages as `dvc repro` runs them (their main(), in `root`): seconds each."""
-    import stages.audio
-    import stages.visual
-    with chdir(root):
-        visual_s, visual_cpu, _ = timed(stages.visual.main)
-        audio_s, audio_cpu, _ = timed(stages.audio.main)
-    return {"visual_s": visual_s, "audio_s": audio_s, "total_s": visual_s + audio_s,
-            "cpu_s": visual_cpu + audio_cpu}
+    """The backbones' stages as `dvc repro` runs them (`python -m stages.extract <name>`, here in this
+    process, in `root`): weight files, then stores. Seconds each."""
+    out = {"total_s": 0.0, "cpu_s": 0.0}
+    with project(root), contextlib.redirect_stdout(io.StringIO()):
+        for name in BACKBONES:
+            seconds, cpu, _ = timed(run_stage, get(name), load_params(name))
+            out[f"{name}_s"] = seconds
+            out["total_s"] += seconds
+            out["cpu_s"] += cpu
+    return out
 
 
 def epoch_on(splits: tuple[Split, Split]) -> None:
     """One epoch of the train stage's `train_fold` (model build, one pass over the training windows,
     validation scoring) on already loaded (train, validation) splits."""
-    from avfusion.learning.train import train_fold
-    train_params = {**params("train"), "epochs": 1}
-    with contextlib.redirect_stdout(open(os.devnull, "w")):
-        train_fold(0, *splits, params("fusion"), train_params, "cpu", 0, 1, None)
+    fusion, train = fusion_and_train()
+    with contextlib.redirect_stdout(io.StringIO()):
+        train_fold(0, *splits, fusion, {**train, "epochs": 1}, "cpu", 0, 1, None)
 
 
-def epoch_from_stores(train_rows, val_rows, visual_dir, audio_dir) -> None:
+def epoch_from_stores(train_rows, val_rows, facenet_dir, openl3_dir) -> None:
     """The same epoch, reading the splits from the feature stores first."""
-    epoch_on((load_split(train_rows, visual_dir, audio_dir), load_split(val_rows, visual_dir, audio_dir)))
+    epoch_on((load_split(train_rows, facenet_dir, openl3_dir), load_split(val_rows, facenet_dir, openl3_dir)))
 
 
-def recompute_epoch(rows: list[dict], root: str, visual: FaceTrackEmbedder, audio: AudioEmbedder) -> None:
+def recompute_epoch(rows: list[dict], facenet: Extractor, openl3: Extractor) -> None:
     """One epoch the way the reference implementations train: decode every video, run the face and
     audio networks on it, then train on the fresh features (nothing cached between epochs). Each video
     is embedded once per epoch here, although a windowed reference loader with hop < window embeds the
     overlapping frames twice: the cost counted for recomputing is a lower bound."""
     videos = {"train": [], "validation": []}
-    with chdir(root):
-        for row in rows:
-            if row["split"] not in videos:
-                continue
-            v = visual.embed_video(row["path"], row.get("person") or "")
-            a_emb, a_valid = audio.embed_video(row["path"], v["time"])
-            labels = load_labels(row["labels"], len(v["time"]))
-            n = len(labels)
-            fit = lambda x, n=n: x[:n] if len(x) >= n else np.concatenate([x, np.zeros((n - len(x), *x.shape[1:]), x.dtype)])
-            videos[row["split"]].append(Video(row["video_id"], fit(v["embedding"]), fit(v["valid"]),
-                                              fit(a_emb), fit(a_valid), labels))
-        epoch_on((Split(videos["train"]), Split(videos["validation"])))
+    for row in rows:
+        if row["split"] not in videos:
+            continue
+        v = facenet.embedder.embed_video(row["path"])
+        a_emb, a_valid = openl3.embedder.embed_video(row["path"], v["time"])
+        labels = load_labels(row["labels"], len(v["time"]))
+        n = len(labels)
+        fit = lambda x, n=n: x[:n] if len(x) >= n else np.concatenate([x, np.zeros((n - len(x), *x.shape[1:]), x.dtype)])
+        videos[row["split"]].append(Video(row["video_id"], fit(v["embedding"]), fit(v["valid"]),
+                                          fit(a_emb), fit(a_valid), labels))
+    epoch_on((Split(videos["train"]), Split(videos["validation"])))
 
 
 def linear_fit(xs, ys) -> dict:
@@ -494,16 +531,16 @@ def linear_fit(xs, ys) -> dict:
 
 def bench_pipeline(quick: bool, tmp: str) -> dict:
     demo_full = params("demo")
-    # Units of 2 full-length demo videos: with 1 short video the fixed cost (loading the networks
-    # once per store) hides the per-frame cost that should grow linearly.
-    seconds = 2 if quick else demo_full["seconds"]
-    base = 1 if quick else 2
-    demo = {"seconds": seconds}
+    # Units of 5 full-length demo videos (the fewest a demo has: one of each split; fewer, shorter ones
+    # would let the fixed cost of loading the networks once per store hide the per-frame cost that
+    # should grow linearly). --quick: the shortest videos (2 s) at 2 fps.
+    demo = {"seconds": 2, "fps": 2} if quick else {}
+    base = 5
     scales = (1, 2, 4)
     out: dict = {"inputs": {"demo": {**demo_full, **demo, "videos": f"{base} x scale"}, "scales": list(scales),
-                            "base_videos": base, "stores": params("visual")["stores"],
-                            "extraction": "stages.visual.main() and stages.audio.main() in a throwaway project "
-                                          "(as `dvc repro` runs them; one process, 2 torch threads)"},
+                            "base_videos": base, "stores": params("facenet")["stores"],
+                            "extraction": "the facenet and openl3 stages (`run_stage`, as `python -m stages.extract "
+                                          "<name>` runs them) in a throwaway project, one process"},
                  "load_before": load()}
     # 5a. extraction, 1x / 2x / 4x (each scale in a fresh project: no resume)
     extraction = {}
@@ -519,19 +556,17 @@ def bench_pipeline(quick: bool, tmp: str) -> dict:
     # CPU seconds of this process move less with other users' load than wall time does.
     out["extraction_cpu_fit"] = linear_fit(list(scales), [extraction[s]["cpu_s"] for s in scales])
 
-    # 1. cached vs recompute, on the 4x project (train + validation videos; test ones are not touched)
-    root, rows = projects[scales[-1]]
+    # 1. cached vs recompute, on the 4x project (--quick: 1x) (train + validation videos; test ones are not touched)
+    root, rows = projects[scales[0] if quick else scales[-1]]
     train_rows = [row for row in rows if row["split"] == "train"]
     val_rows = [row for row in rows if row["split"] == "validation"]
-    visual_dir, audio_dir = (os.path.join(root, "data", "features", m) for m in ("visual", "audio"))
-    load_s, _, splits = timed(lambda: (load_split(train_rows, visual_dir, audio_dir),
-                                       load_split(val_rows, visual_dir, audio_dir)))
-    vp, ap = params("visual"), params("audio")
-    with chdir(root):
-        visual = FaceTrackEmbedder("data/weights/visual.pt", "cpu", vp["detect_size"], vp["min_face"],
-                                   vp["margin"], vp["batch_size"])
-        audio = AudioEmbedder("data/weights/audio.h5", ap["input_repr"], ap["embedding_size"], ap["rate"], "cpu",
-                              ap["batch_size"], ap["silence_db"], ap["silence_window"])
+    facenet_dir, openl3_dir = (os.path.join(root, "data", "features", name) for name in BACKBONES)
+    load_s, _, splits = timed(lambda: (load_split(train_rows, facenet_dir, openl3_dir),
+                                       load_split(val_rows, facenet_dir, openl3_dir)))
+    with project(root):          # the stages' params and weight files (data/weights/<name>)
+        facenet, openl3 = (get(name)(load_params(name), "cpu") for name in BACKBONES)
+    facenet.ensure_loaded()
+    openl3.ensure_loaded()
     epoch_on(splits)                                            # warm-up
     cached, cached_with_load, recompute, recompute_cpu = [], [], [], []
     recompute_reps = 1 if quick else 2
@@ -540,15 +575,16 @@ def bench_pipeline(quick: bool, tmp: str) -> dict:
     for _rep in range(recompute_reps):                         # cached epochs bracket each recompute epoch
         for _ in range(cached_reps // (2 * recompute_reps) + 1):
             cached.append(timed(epoch_on, splits)[0])
-            cached_with_load.append(timed(epoch_from_stores, train_rows, val_rows, visual_dir, audio_dir)[0])
-        seconds, cpu_s, _ = timed(recompute_epoch, rows, root, visual, audio)
+            cached_with_load.append(timed(epoch_from_stores, train_rows, val_rows, facenet_dir, openl3_dir)[0])
+        seconds, cpu_s, _ = timed(recompute_epoch, rows, facenet, openl3)
         recompute.append(seconds)
         recompute_cpu.append(cpu_s)
         out["recompute_load"].append(load())
         for _ in range(cached_reps // (2 * recompute_reps) + 1):
             cached.append(timed(epoch_on, splits)[0])
-            cached_with_load.append(timed(epoch_from_stores, train_rows, val_rows, visual_dir, audio_dir)[0])
-    windows = len(splits[0].windows(params("train")["window"], params("train")["hop"]))
+            cached_with_load.append(timed(epoch_from_stores, train_rows, val_rows, facenet_dir, openl3_dir)[0])
+    fusion, train = fusion_and_train()
+    windows = len(splits[0].windows(train["window"], train["hop"]))
     out["cached_vs_recompute"] = {
         "videos": {"train": len(train_rows), "validation": len(val_rows)}, "train_windows": windows,
         "epoch": "train_fold(epochs=1): model build, one pass over the training windows, validation scoring",
@@ -561,7 +597,6 @@ def bench_pipeline(quick: bool, tmp: str) -> dict:
     }
 
     # 5b. training time 1x / 2x / 4x: epochs on the same-shaped features of 1x, 2x, 4x the demo's size.
-    train, fusion = params("train"), params("fusion")
     frames = int(demo_full["fps"] * demo_full["seconds"])
     unit = 6 if quick else demo_full["videos"]
     trainers = {s: Trainer("jca", synthetic_split(unit * s, frames, 512, 512, seed=s), train, fusion)
@@ -600,7 +635,7 @@ def bench_pipeline(quick: bool, tmp: str) -> dict:
 
 def bench_store_files(quick: bool, tmp: str) -> dict:
     counts = (10, 40) if quick else (10, 100, 300)
-    stores = params("visual")["stores"]
+    stores = params("facenet")["stores"]
     rng = np.random.default_rng(0)
     lengths = rng.integers(150, 451, max(counts))
     rows = []
@@ -682,11 +717,11 @@ def markdown(report: dict) -> str:
                   f"{cvr['median_recompute_epoch_s']} | {len(cvr['recompute_epoch_s'])} |", "",
                   f"Speedup {pipe['metrics']['cached_vs_recompute_speedup']}× (store load included: "
                   f"{cvr['speedup_including_store_load']}×).", "",
-                  "## Scaling", "", "| scale | videos | frames | visual s | audio s | extraction s | "
+                  "## Scaling", "", "| scale | videos | frames | facenet s | openl3 s | extraction s | "
                   "train epoch s (demo-size features × scale) |", "|---|---|---|---|---|---|---|"]
         for s in pipe["inputs"]["scales"]:
             e = pipe["extraction"][str(s)]
-            lines.append(f"| {s}× | {e['videos']} | {e['frames']} | {e['visual_s']} | {e['audio_s']} | "
+            lines.append(f"| {s}× | {e['videos']} | {e['frames']} | {e['facenet_s']} | {e['openl3_s']} | "
                          f"{e['total_s']} | {pipe['training']['median_epoch_s'][str(s)]} |")
         ef, tf = pipe["extraction_fit"], pipe["training_fit"]
         lines += ["", f"Linear fits: extraction {ef['slope_s_per_unit']} s per scale unit + {ef['intercept_s']} s "
@@ -706,13 +741,13 @@ def markdown(report: dict) -> str:
     ext = report["sections"].get("extraction")
     if ext:
         lines += ["", "## Extraction", ""]
-        for name, v in ext["visual"].items():
-            lines.append(f"- visual {name}: {v['median_frames_per_s']} frames/s end to end, decode-only "
+        for name, v in ext["facenet"].items():
+            lines.append(f"- facenet {name}: {v['median_frames_per_s']} frames/s end to end, decode-only "
                          f"{v['median_decode_only_frames_per_s']} frames/s, {v['cpu_seconds_per_frame']} CPU s/frame, "
                          f"face found in {v['share_of_frames_with_face']:.0%} of frames")
-        af = ext["audio_flops"]
-        lines.append(f"- audio: {ext['audio']['median_audio_seconds_per_second']} s of audio per second "
-                     f"({ext['audio']['params']}); network {af['median_network_gflops']} GFLOP/s vs "
+        af = ext["openl3_flops"]
+        lines.append(f"- openl3: {ext['openl3']['median_audio_seconds_per_second']} s of audio per second "
+                     f"({ext['openl3']['params']}); network {af['median_network_gflops']} GFLOP/s vs "
                      f"{af['matmul']} matmul {af['median_matmul_gflops']} GFLOP/s")
     lines += ["", "GPU rows: " + (NO_GPU + " (this run had no CUDA device)." if not report["machine"]["cuda"]
                                   else report["machine"]["cuda"])]

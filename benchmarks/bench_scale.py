@@ -1,16 +1,18 @@
 """Aff-Wild2-sized training and evaluation on cached features (run on demand, not part of the suite):
 
-    .venv/bin/python benchmarks/bench_scale.py [--videos 600] [--frames 2800000] [--wide-frames 300000 900000]
+    .venv/bin/python benchmarks/bench_scale.py [--videos 600] [--frames 2800000] [--wide-frames 300000 900000] [--quick]
 
 Synthesises a project's stores directly in the store format (`StoreWriter`, no extraction): videos with
 lengths spread like Aff-Wild2's (log-normal, a few tens of thousands of frames long), labels with `-5`
-runs, frames without a face or a voice, 512-d visual and audio embeddings; then runs the real `train`
-(1 epoch) and `evaluate` stages on them, each in its own process so its peak RSS is its own. Then
+runs, frames without a face or a voice, 512-d facenet and openl3 embeddings (the default feature set);
+then runs the real `featureset`, `train` (1 epoch) and `evaluate` stages on them, each in its own
+process so its peak RSS is its own. Then
 `dvc add` / `dvc status` / `dvc push` / `dvc pull` of the stores (local-directory remote, hardlinked
 cache; the pull is a fresh clone's). Then training throughput out of core vs in memory, side by side
 on a subset that fits in memory. Then 6144-d audio at two sizes (train and evaluate only: peak RSS must
 not grow with the size). Results: the `affwild2_scale` key of reports/bench.json (other keys kept) and
-reports/scale.md. Everything temporary goes under --tmp and is deleted.
+reports/scale.md. Everything temporary goes under --tmp and is deleted. `--quick`: a few thousand
+frames, no DVC, into a temporary directory unless --out is given (a smoke check of a few tens of seconds).
 """
 from __future__ import annotations
 
@@ -35,20 +37,22 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path[:0] = [REPO, HERE]
 
-from bench import Trainer, load, med, merge_into_report, r  # noqa: E402
-from bench_store_scale import dvc, files_and_bytes, sh  # noqa: E402
+from bench import Trainer, load, med, merge_into_report, r
+from bench_store_scale import dvc, files_and_bytes, sh
 
 from avfusion.learning.metrics import INVALID
 from avfusion.learning.outofcore import choose_data, open_split
 from avfusion.learning.recipes import resolve
 from avfusion.learning.windows import window_starts
 from avfusion.sources.annotations import write_labels
+from avfusion.sources.manifest import COLUMNS
 from avfusion.store.layout import bucket_of, store_path
 from avfusion.store.writer import StoreWriter
 
 SPLITS = {"train": 0.6, "validation": 0.13, "test": 0.27}   # about Aff-Wild2's VA set shares of videos
 FPS = 30
 STORES = 4   # README: about videos / 150
+BACKBONES = ("facenet", "openl3")   # the default feature set: fusion.visual, fusion.audio
 
 
 def lengths(videos: int, frames: int, seed: int = 0) -> list[int]:
@@ -69,13 +73,13 @@ def runs(rng, n: int, share: float) -> np.ndarray:
 
 
 def synthetic_video(video_id: str, n: int, dim_visual: int, dim_audio: int):
-    """Labels (smooth, -5 runs), per-modality (embedding, valid); invalid rows are zero as extraction writes."""
+    """Labels (smooth, -5 runs), per-extractor (embedding, valid); invalid rows are zero as extraction writes."""
     rng = np.random.default_rng(zlib.crc32(video_id.encode()))
     drift = lfilter([0.045], [1, -0.999], rng.standard_normal((n, 2)), axis=0)   # AR(1), std about 1
     labels = np.tanh(0.6 * drift).astype(np.float32)
     labels[runs(rng, n, 0.05)] = INVALID
     features = {}
-    for name, dim, absent in (("visual", dim_visual, 0.1), ("audio", dim_audio, 0.25)):
+    for name, dim, absent in (("facenet", dim_visual, 0.1), ("openl3", dim_audio, 0.25)):
         valid = ~runs(rng, n, absent)
         embedding = rng.standard_normal((n, dim), dtype=np.float32)
         embedding[~valid] = 0
@@ -84,7 +88,7 @@ def synthetic_video(video_id: str, n: int, dim_visual: int, dim_audio: int):
 
 
 def make_project(root: str, videos: int, frames: int, dim_visual: int, dim_audio: int) -> dict:
-    """Manifest, label files and both modalities' stores under root/data, as the stages would leave them."""
+    """Manifest, label files and the facenet and openl3 stores under root/data, as the stages would leave them."""
     ids = [f"video-{i:04d}" for i in range(videos)]
     sizes = dict(zip(ids, lengths(videos, frames)))
     split_of = {}
@@ -95,7 +99,7 @@ def make_project(root: str, videos: int, frames: int, dim_visual: int, dim_audio
         split_of[ids[i]] = list(SPLITS)[int(np.searchsorted(bounds, rank, side="right"))]
     os.makedirs(os.path.join(root, "data/labels"))
     writers = {}
-    for name, dim in (("visual", dim_visual), ("audio", dim_audio)):
+    for name, dim in (("facenet", dim_visual), ("openl3", dim_audio)):
         directory = os.path.join(root, "data/features", name)
         os.makedirs(directory)
         for b in range(STORES):
@@ -110,11 +114,12 @@ def make_project(root: str, videos: int, frames: int, dim_visual: int, dim_audio
         for name, (embedding, valid) in features.items():
             writers[name, bucket_of(vid, STORES)].append(vid, embedding=embedding, valid=valid,
                                                           frame=np.arange(n), time=np.arange(n) / FPS)
-        rows.append({"video_id": vid, "split": split_of[vid], "person": vid, "path": f"videos/{vid}.mp4",
-                     "labels": os.path.join(root, "data/labels", f"{vid}.txt"), "fps": FPS, "frames": n,
-                     "label_frames": n})
+        # no media file: train and evaluate read the stores only (`media` groups cross-validation folds)
+        rows.append({"video_id": vid, "path": f"videos/{vid}.mp4", "split": split_of[vid], "fps": FPS, "frames": n,
+                     "labels": os.path.join(root, "data/labels", f"{vid}.txt"), "label_frames": n, "person": "",
+                     "media": vid, "sha256": "synthetic"})
     with open(os.path.join(root, "data/manifest.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
     n = np.array(list(sizes.values()))
@@ -165,12 +170,13 @@ def run_stage(name: str, root: str) -> dict:
 def train_and_evaluate(root: str, hop: int, data: str) -> dict:
     params = write_params(root, hop, data)
     window = params["train"]["window"]
+    run_stage("featureset", root)
     train = run_stage("train", root)
     with open(os.path.join(root, "reports/train/metrics.json")) as f:
         fold = json.load(f)["fold-0"]["best"]
     with open(os.path.join(root, "data/manifest.csv")) as f:
         entries = list(csv.DictReader(f))
-    dirs = [os.path.join(root, "data/features", m) for m in ("visual", "audio")]
+    dirs = [os.path.join(root, "data/features", name) for name in BACKBONES]
     chosen = choose_data(params["train"], [e for e in entries if e["split"] in ("train", "validation")], *dirs)
     windows = sum(len(window_starts(int(e["frames"]), window, hop)) for e in entries if e["split"] == "train")
     train.update(epoch_s=fold["seconds"], windows=windows, windows_per_s=round(windows / fold["seconds"], 1))
@@ -195,8 +201,9 @@ def dvc_times(root: str) -> dict:
     sh(["git", "commit", "-qm", "dvc"], root)
     out = {"cache_type": "hardlink,symlink", "remote": "local directory, same disk",
            "files": files_and_bytes(os.path.join(root, "data/features"))[0]}
-    out["dvc_add_s"] = round(dvc("add", "-q", "data/features/visual", "data/features/audio", cwd=root), 1)
-    sh(["git", "add", "data/features/visual.dvc", "data/features/audio.dvc", "data/features/.gitignore"], root)
+    stores = [f"data/features/{name}" for name in BACKBONES]
+    out["dvc_add_s"] = round(dvc("add", "-q", *stores, cwd=root), 1)
+    sh(["git", "add", *(f"{s}.dvc" for s in stores), "data/features/.gitignore"], root)
     sh(["git", "commit", "-qm", "features"], root)
     out["dvc_status_s"] = round(dvc("status", "-q", cwd=root), 1)
     out["dvc_push_s"] = round(dvc("push", "-q", cwd=root), 1)
@@ -205,8 +212,7 @@ def dvc_times(root: str) -> dict:
     shutil.rmtree(os.path.join(root, ".dvc", "cache"))
     shutil.rmtree(os.path.join(root, "data", "features"))
     out["dvc_pull_s"] = round(dvc("pull", "-q", cwd=clone), 1)
-    out["pulled_bytes"] = sum(files_and_bytes(os.path.join(clone, "data/features", m))[1]
-                              for m in ("visual", "audio"))
+    out["pulled_bytes"] = sum(files_and_bytes(os.path.join(clone, s))[1] for s in stores)
     out["clone_dvc_status_s"] = round(dvc("status", "-q", cwd=clone), 1)
     shutil.rmtree(clone)
     shutil.rmtree(remote)
@@ -224,7 +230,7 @@ def throughput(root: str, frames: int, hop: int, steps: int, reps: int) -> dict:
             total += int(e["frames"])
     with open(os.path.join(root, "params.yaml")) as f:
         params = resolved(yaml.safe_load(f))
-    dirs = os.path.join(root, "data/features/visual"), os.path.join(root, "data/features/audio")
+    dirs = [os.path.join(root, "data/features", name) for name in BACKBONES]
     trainers = {data: Trainer(params["fusion"]["type"], open_split(subset, *dirs, "cpu", data),
                               {**params["train"], "hop": hop}, params["fusion"]) for data in ("memory", "stores")}
     for trainer in trainers.values():   # the page cache is warm for both: loading in memory read every row
@@ -243,7 +249,7 @@ def throughput(root: str, frames: int, hop: int, steps: int, reps: int) -> dict:
 
 
 def bench_main(args, work: str) -> dict:
-    """512-d visual and audio at full size: the stages, throughput side by side, then DVC."""
+    """512-d facenet and openl3 at full size: the stages, throughput side by side, then DVC."""
     out = {"inputs": {"videos": args.videos, "frames": args.frames, "dims": [512, 512], "stores": STORES,
                       "epochs": 1, "hop": args.hop, "device": "cpu"}, "load_before": load()}
     root = os.path.join(work, "project")
@@ -262,7 +268,7 @@ def bench_main(args, work: str) -> dict:
 
 
 def bench_wide(args, work: str) -> dict:
-    """Wide audio embeddings at growing sizes: train and evaluate only (peak RSS must not grow)."""
+    """Wide openl3 embeddings at growing sizes: train and evaluate only (peak RSS must not grow)."""
     out = {"inputs": {"dim_audio": args.wide_dim, "frames": args.wide_frames, "hop": args.hop},
            "load_before": load(), "runs": []}
     for frames in args.wide_frames:
@@ -302,9 +308,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--reps", type=int, default=8)
     parser.add_argument("--skip-dvc", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="a few thousand frames, no DVC: a smoke check")
     parser.add_argument("--tmp", default=tempfile.gettempdir())
-    parser.add_argument("--out", default=os.path.join(REPO, "reports"))
+    parser.add_argument("--out", help="folder of bench.json and scale.md (default: reports; --quick: a temporary one)")
     args = parser.parse_args()
+    if args.quick:
+        args.videos, args.frames, args.wide_frames, args.throughput_frames = 10, 6000, [3000], 2000
+        args.steps, args.reps, args.skip_dvc = 2, 2, True
+    args.out = args.out or (os.path.join(tempfile.gettempdir(), "avfusion-bench-quick") if args.quick
+                            else os.path.join(REPO, "reports"))
+    os.makedirs(args.out, exist_ok=True)
     torch.set_num_threads(os.cpu_count())
     for name in args.only:
         print(f"== {name} (load {load()})", flush=True)
@@ -381,7 +394,7 @@ def markdown(report: dict) -> str:
         lines += stage_rows(x)
     if main:
         d, run, tp = main["run"]["dataset"], main["run"], main["throughput"]
-        lines += ["", f"## {d['frames']:,} frames, 512-d visual and audio", "",
+        lines += ["", f"## {d['frames']:,} frames, 512-d facenet and openl3", "",
                   f"{main['finished'][:16]}, {main['cores']} cores shared with other jobs (load "
                   f"{main['load_before']} → {main['load_after']}), {main['seconds']} s in all.", "",
                   f"{d['videos']} videos, lengths min / median / max "
@@ -412,8 +425,8 @@ def markdown(report: dict) -> str:
                       f"{v['dvc_status_cloud_s']} s | {v['dvc_pull_s']} s | {v['clone_dvc_status_s']} s |"]
     if wide:
         lines += ["", f"## {wide['inputs']['dim_audio']}-d audio", "",
-                  f"{wide['finished'][:16]}, load {wide['load_before']} → {wide['load_after']}. 512-d visual, "
-                  f"{wide['inputs']['dim_audio']}-d audio (OpenL3's `embedding_size: 6144`) at "
+                  f"{wide['finished'][:16]}, load {wide['load_before']} → {wide['load_after']}. 512-d facenet, "
+                  f"{wide['inputs']['dim_audio']}-d openl3 (`openl3.embedding_size: 6144`) at "
                   f"{' and '.join(f'{f:,}' for f in wide['inputs']['frames'])} frames (videos in proportion), "
                   f"training hop {wide['inputs']['hop']}."]
     tp = report.get("throughput")

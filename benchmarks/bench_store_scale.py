@@ -1,12 +1,13 @@
 """Feature stores at scale (run on demand, not part of the suite):
 
-    .venv/bin/python benchmarks/bench_store_scale.py [--videos 1000] [--stores 4 16]
+    .venv/bin/python benchmarks/bench_store_scale.py [--videos 1000] [--stores 4 16] [--quick] [--out STEM]
 
 Writes synthetic videos (about 300 frames each, 512-d float32) through `StoreWriter` into `stores`
 buckets exactly as the extraction stages do, then measures what docs/design.md §5 cares about: the file
 count DVC has to hash and move, `dvc add` / `dvc push` / `dvc pull` time against a local-directory
 remote (a fresh `git clone` pulls), the push after appending a few videos, and the latency of random
 300-frame window reads. Results go to reports/store_scale.json and reports/store_scale.md.
+`--quick`: 20 videos in 4 stores, 20 reads, into a temporary directory unless --out is given.
 """
 from __future__ import annotations
 
@@ -22,13 +23,14 @@ import zlib
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+
 from avfusion.store.layout import bucket_of, store_path
 from avfusion.store.reader import FeatureReader
 from avfusion.store.writer import StoreWriter
 
-FEATURES = "data/features/visual"
+FEATURES = "data/features/facenet"     # one extractor's stores, as the pipeline keeps them
 
 
 def sh(cmd: list[str], cwd: str) -> float:
@@ -134,8 +136,14 @@ def main() -> None:
     parser.add_argument("--stores", type=int, nargs="+", default=[4, 16])
     parser.add_argument("--window", type=int, default=300)
     parser.add_argument("--reads", type=int, default=500)
-    parser.add_argument("--out", default=os.path.join(REPO, "reports", "store_scale"))
+    parser.add_argument("--quick", action="store_true", help="20 videos, 4 stores, 20 reads: a smoke check")
+    parser.add_argument("--out", help="path stem for .json and .md (default: reports/store_scale; --quick: "
+                                      "a temporary directory)")
     args = parser.parse_args()
+    if args.quick:
+        args.videos, args.stores, args.reads = 20, [4], 20
+    args.out = args.out or (os.path.join(tempfile.gettempdir(), "avfusion-bench-quick", "store_scale") if args.quick
+                            else os.path.join(REPO, "reports", "store_scale"))
 
     rng = np.random.default_rng(0)
     lengths = rng.integers(args.frames // 2, args.frames * 3 // 2 + 1, args.videos + 10)
@@ -149,10 +157,12 @@ def main() -> None:
     report = {"videos": args.videos, "rows": int(sum(n for _, n in videos)), "dim": args.dim,
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
               "remote": "local directory (same disk)", "results": results}
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out + ".json", "w") as f:
         json.dump(report, f, indent=2)
     with open(args.out + ".md", "w") as f:
         f.write(markdown(report))
+    print(f"wrote {args.out}.json and {args.out}.md")
 
 
 def markdown(report: dict) -> str:

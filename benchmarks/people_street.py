@@ -1,8 +1,13 @@
-"""Multi-person tracking on the shared street clip: detections (faces.py's MTCNN on the 640-px copy, as
-in extraction) + avfusion.tracks, track counts and lengths, sample frames with ids drawn, and a contact
-sheet (one row per track, its face every 5 frames) on which identity switches are counted by eye.
+"""Multi-person tracking on the shared street clip: detections (avfusion/faces/mtcnn.py's MTCNN on the
+640-px copy, as in extraction) + avfusion/faces/people.py's tracker, track counts and lengths, sample
+frames with ids drawn, and a contact sheet (one row per track, its face every 5 frames) on which identity
+switches are counted by eye.
 
-    python reports/people/street.py VIDEO [--cache dets.npz]    (writes reports/people/*.jpg, tracks.json)
+    python benchmarks/people_street.py [VIDEO] [--cache dets.npz] [--quick] [--out DIR]
+
+VIDEO defaults to the shared street clip (../shared/media beside the repository); without it the
+script says so in one line and stops. Writes DIR (default reports/people)/*.jpg and tracks.json.
+`--quick`: the clip's first 10 frames, into a temporary directory unless --out is given.
 """
 from __future__ import annotations
 
@@ -10,18 +15,27 @@ import argparse
 import json
 import math
 import os
+import sys
+import tempfile
 import time
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from avfusion.faces import FaceDetector
-from avfusion.media import decode_video, probe
-from avfusion.overlay import draw_people
-from avfusion.tracks import PeopleTracker, appearance, gap_frames, summary
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path[:0] = [REPO, HERE]
 
-OUT = os.path.dirname(os.path.abspath(__file__))
+from bench import clip
+
+from avfusion.app.overlay import draw_people
+from avfusion.faces.mtcnn import FaceDetector
+from avfusion.faces.people import PeopleTracker, appearance, gap_frames, summary
+from avfusion.sources.media import decode_video, probe
+
+STREET = os.path.join(os.path.dirname(REPO), "shared", "media", "street_crowd_1080p25.mp4")
+QUICK_FRAMES = 10
 SAMPLES = 6
 SHEET_STEP, TILE = 5, 56
 
@@ -51,23 +65,39 @@ def detect(path: str) -> tuple[list, list, list, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("video")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("video", nargs="?", default=STREET)
     parser.add_argument("--cache", help="detections .npz: read if present, else written")
+    parser.add_argument("--quick", action="store_true", help=f"the first {QUICK_FRAMES} frames only")
+    parser.add_argument("--out", help="folder of the images and tracks.json (default: reports/people; "
+                                      "--quick: a temporary one)")
     args = parser.parse_args()
+    if not os.path.isfile(args.video):
+        print(f"people_street: skipped: {args.video} not found (the shared street clip)")
+        return
+    out = args.out or (os.path.join(tempfile.gettempdir(), "avfusion-bench-quick", "people") if args.quick
+                       else os.path.join(REPO, "reports", "people"))
+    os.makedirs(out, exist_ok=True)
     torch.set_num_threads(2)
-    if args.cache and os.path.exists(args.cache):
-        d = np.load(args.cache)
+    with tempfile.TemporaryDirectory() as tmp:
+        video = clip(args.video, os.path.join(tmp, "head.mp4"), frames=QUICK_FRAMES) if args.quick else args.video
+        track(video, os.path.basename(args.video), args.cache, out)
+
+
+def track(video: str, name: str, cache: str | None, out: str) -> None:
+    """Detect (or read the cached detections), track, draw and write the results into `out`."""
+    if cache and os.path.exists(cache):
+        d = np.load(cache)
         n = int(d["n"])
         boxes, probs, hists = ([d[f"{k}_{i}"] for i in range(n)] for k in ("boxes", "probs", "hists"))
         seconds = float(d["seconds"])
     else:
-        boxes, probs, hists, seconds = detect(args.video)
-        if args.cache:
-            np.savez(args.cache, n=len(boxes), seconds=seconds,
+        boxes, probs, hists, seconds = detect(video)
+        if cache:
+            np.savez(cache, n=len(boxes), seconds=seconds,
                      **{f"{k}_{i}": v[i] for k, v in (("boxes", boxes), ("probs", probs), ("hists", hists))
                         for i in range(len(boxes))})
-    info = probe(args.video)
+    info = probe(video)
     tracker = PeopleTracker(max_gap=gap_frames(info.fps))
     start = time.perf_counter()
     ids = [tracker.update(b, p, h) for b, p, h in zip(boxes, probs, hists)]
@@ -79,7 +109,7 @@ def main() -> None:
     sheet = Image.new("RGB", (30 + TILE * len(columns), TILE * len(people)), (255, 255, 255))
     for row, p in enumerate(people):
         ImageDraw.Draw(sheet).text((4, TILE * row + TILE // 2 - 6), str(p.person), fill=(0, 0, 0))
-    for f, (_, frame) in enumerate(decode_video(args.video)):
+    for f, (_, frame) in enumerate(decode_video(video)):
         if f not in samples and f not in columns:
             continue
         image = frame.to_image()
@@ -94,10 +124,10 @@ def main() -> None:
         # dummy valence/arousal (no model here): they only show the gauges
         draw_people(image, [(int(p), b, math.sin(f / 9 + p), math.cos(f / 7 + p))
                             for p, b in zip(ids[f], boxes[f]) if p >= 0])
-        image.resize((960, 540)).save(os.path.join(OUT, f"frame_{f:03d}.jpg"), quality=80)
-    sheet.save(os.path.join(OUT, "tracks_sheet.jpg"), quality=85)
+        image.resize((960, 540)).save(os.path.join(out, f"frame_{f:03d}.jpg"), quality=80)
+    sheet.save(os.path.join(out, "tracks_sheet.jpg"), quality=85)
     result = {
-        "video": os.path.basename(args.video), "frames": n, "fps": info.fps, "max_gap": tracker.max_gap,
+        "video": name, "frames": n, "fps": info.fps, "max_gap": tracker.max_gap,
         "detections": int(sum(len(b) for b in boxes)),
         "rejected_low_prob": int(sum(int((i < 0).sum()) for i in ids)),
         "tracks": len(people), "tracks_10_frames_or_more": sum(p.frames >= 10 for p in people),
@@ -106,7 +136,7 @@ def main() -> None:
         "detect_frames_per_s": round(n / seconds, 2), "track_frames_per_s": round(n / track_seconds, 1),
         "sample_frames": samples,
     }
-    with open(os.path.join(OUT, "tracks.json"), "w") as f:
+    with open(os.path.join(out, "tracks.json"), "w") as f:
         json.dump(result, f, indent=1)
     print(json.dumps(result, indent=1))
 

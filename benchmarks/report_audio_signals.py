@@ -1,15 +1,17 @@
 """The speech and prosody signals of real clips, drawn: waveform, `vad` speech probability, eGeMAPS pitch
 and loudness over time, per clip, into reports/audio_signals.png; speech fractions into reports/bench.json.
 
-    python benchmarks/report_audio_signals.py [--media DIR] [--demo-videos 3]
+    python benchmarks/report_audio_signals.py [--media DIR] [--demo-videos 3] [--quick] [--out PNG] [--report JSON]
 
 Clips: street_crowd_1080p25.mp4 and mouth_crop_96px_16khz.mp4 under --media (default ../shared/media
 beside the repository; a missing clip is skipped with a message), plus demo videos made here with the
-project's params (avfusion/demo.py): their voice is synthetic, not speech, so the report says whether
-vad takes it for speech. Values come from the project's own extractors (avfusion/extractors.py `vad`
-and `egemaps`, one row per decoded frame), so the figure shows exactly what the stores hold.
-The speech fraction is the share of frames inside the audio whose speech probability reaches
-`audio.vad_threshold` (the threshold of `audio.valid_from: vad`). Needs the opensmile extra.
+project's params (avfusion/sources/demo.py): their voice is synthetic, not speech, so the report says
+whether vad takes it for speech. Values come from the project's own extractors (avfusion/extractors/vad.py
+and egemaps.py, one row per decoded frame, given the frame times as the dataset stage stores them), so
+the figure shows exactly what the stores hold. The speech fraction is the share of frames inside the
+audio whose speech probability reaches `openl3.vad_threshold` (the threshold of `openl3.valid_from:
+vad`). Needs the opensmile extra. `--quick`: one demo video, figure and report into a temporary
+directory unless --out / --report are given.
 """
 from __future__ import annotations
 
@@ -22,19 +24,20 @@ import matplotlib
 import numpy as np
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path[:0] = [REPO, HERE]
 
-from bench import load, merge_into_report, params  # noqa: E402
+from bench import load, merge_into_report, params
 
+from avfusion.extraction.base import Video
 from avfusion.extraction.framewise import SAMPLE_RATE
 from avfusion.extractors.egemaps import EGeMAPSExtractor
 from avfusion.extractors.vad import VadExtractor
 from avfusion.sources.demo import make_video
-from avfusion.sources.media import read_audio
+from avfusion.sources.media import frame_times, read_audio
 
 CLIPS = ("street_crowd_1080p25.mp4", "mouth_crop_96px_16khz.mp4")
 PITCH, LOUDNESS = "F0semitoneFrom27.5Hz_sma3nz", "Loudness_sma3"
@@ -43,8 +46,9 @@ PITCH, LOUDNESS = "F0semitoneFrom27.5Hz_sma3nz", "Loudness_sma3"
 def signals(path: str, vad: VadExtractor, egemaps: EGeMAPSExtractor, threshold: float) -> dict:
     """Waveform and the per-frame vad / pitch / loudness rows of one video."""
     samples, start = read_audio(path, SAMPLE_RATE)
-    speech = vad.rows({"path": path})
-    prosody = egemaps.rows({"path": path})
+    video = Video(os.path.basename(path), path, frame_times(path))
+    speech = vad.rows(video)
+    prosody = egemaps.rows(video)
     inside = speech["valid"]
     prob = speech["embedding"][:, 0]
     return {"samples": samples, "start": start, "time": speech["time"], "inside": inside, "speech": prob,
@@ -94,11 +98,21 @@ def main() -> None:
     parser.add_argument("--media", default=os.path.join(os.path.dirname(REPO), "shared", "media"),
                         help="folder holding the shared clips")
     parser.add_argument("--demo-videos", type=int, default=3, help="demo videos to make and measure (0: none)")
-    parser.add_argument("--out", default=os.path.join(REPO, "reports", "audio_signals.png"))
-    parser.add_argument("--report", default=os.path.join(REPO, "reports", "bench.json"))
+    parser.add_argument("--quick", action="store_true", help="one demo video, into a temporary directory")
+    parser.add_argument("--out", help="the figure (default: reports/audio_signals.png)")
+    parser.add_argument("--report", help="the JSON report to merge into (default: reports/bench.json)")
     args = parser.parse_args()
+    reports = os.path.join(tempfile.gettempdir(), "avfusion-bench-quick") if args.quick else os.path.join(REPO, "reports")
+    if args.quick:
+        args.demo_videos = 1
+    args.out = args.out or os.path.join(reports, "audio_signals.png")
+    args.report = args.report or os.path.join(reports, "bench.json")
+    reason = EGeMAPSExtractor.available()
+    if reason:
+        print(f"report_audio_signals: skipped: {reason}")
+        return
 
-    threshold = params("audio")["vad_threshold"]
+    threshold = params("openl3")["vad_threshold"]
     vad, egemaps = VadExtractor(params("vad"), "cpu"), EGeMAPSExtractor(params("egemaps"), "cpu")
     results, load_before = {}, load()
     for clip in CLIPS:
@@ -123,8 +137,9 @@ def main() -> None:
                       if k in ("speech_fraction", "mean_speech_probability", "voiced_fraction", "frames",
                                "frames_in_audio")} for name, s in results.items()}
     report = {"threshold": threshold, "definition": "share of frames inside the audio with vad speech "
-              "probability >= threshold (audio.vad_threshold); voiced = eGeMAPS F0 > 0",
-              "clips": summary, "figure": os.path.relpath(args.out, REPO), "load_before": load_before,
+              "probability >= threshold (openl3.vad_threshold); voiced = eGeMAPS F0 > 0",
+              "clips": summary, "figure": os.path.relpath(args.out, REPO) if args.out.startswith(REPO) else args.out,
+              "load_before": load_before,
               "load_after": load()}
     merge_into_report(args.report, "audio_signals", report)
     for name, s in summary.items():
