@@ -229,6 +229,13 @@ def test_store_contract_through_the_runner(tmp_path, monkeypatch, weights):
     assert np.array_equal(rows["time"], media.frame_times(videos["voice"])) and rows["valid"].all()
     assert rows["embedding"].shape == (20, 67) and np.isfinite(rows["embedding"]).all()
     assert not reader.rows("mute")["valid"].any() and not reader.rows("mute")["embedding"].any()
+    # `avfusion predict` rebuilds it from the store's provenance and computes the same rows
+    from avfusion.app.predict import build
+    from avfusion.extraction.base import Video
+    rebuilt = build("speech", reader.provenance, os.path.join(root, "data", "weights"), "cpu")
+    again = rebuilt.rows(Video("voice", videos["voice"], media.frame_times(videos["voice"])))
+    for column in ("embedding", "valid", "time"):
+        np.testing.assert_array_equal(again[column], rows[column])
     monkeypatch.setattr(speech.SpeechExtractor, "rows", lambda self, video: pytest.fail(f"re-read {video.id}"))
     extract(root, "speech", monkeypatch)           # resumes: nothing to do
 

@@ -216,3 +216,10 @@ def test_store_contract_through_the_runner(tmp_path, monkeypatch):
     assert np.array_equal(rows["time"], media.frame_times(videos["voice"])) and rows["valid"].all()
     assert rows["embedding"].shape == (20, 128) and len(np.unique(rows["embedding"], axis=0)) > 10   # one example per frame
     assert not reader.rows("mute")["valid"].any() and not reader.rows("mute")["embedding"].any()
+    # `avfusion predict` rebuilds it from the store's provenance and computes the same rows
+    from avfusion.app.predict import build
+    from avfusion.extraction.base import Video
+    rebuilt = build("vggish", reader.provenance, os.path.join(root, "data", "weights"), "cpu")
+    again = rebuilt.rows(Video("voice", videos["voice"], media.frame_times(videos["voice"])))
+    for column in ("embedding", "valid", "time"):
+        np.testing.assert_array_equal(again[column], rows[column])

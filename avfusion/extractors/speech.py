@@ -53,6 +53,7 @@ STEP = STRIDE / SAMPLE_RATE                 # 20 ms per encoder frame
 EMOTIONS = ("arousal", "dominance", "valence")   # the head's output order (audeering's model card)
 FILES = ("config.json", "preprocessor_config.json", "model.safetensors")
 HF = "https://huggingface.co/{repo}/resolve/{revision}/{file}"
+MISSING = "the speech extractor needs transformers: pip install -e '.[speech]'"
 
 
 @dataclass(frozen=True)
@@ -126,14 +127,20 @@ class Params(DeviceParams):
         return _rule(values)
 
 
-def write_random_weights(directory: str, name: str, seed: int) -> None:
-    """A seeded tiny model of `name`'s family in the Hugging Face layout (config.json, model.safetensors
-    with the emotion head under `classifier.` as audEERING's file has it, preprocessor_config.json)."""
+# The official models' sizes (transformers' defaults are the base layout), for benchmarks on random weights.
+LARGE = {"hidden_size": 1024, "num_hidden_layers": 12, "num_attention_heads": 16, "intermediate_size": 4096}
+
+
+def write_random_weights(directory: str, name: str, seed: int, size: dict | None = None) -> None:
+    """A seeded model of `name`'s family in the Hugging Face layout (config.json, model.safetensors with
+    the emotion head under `classifier.` as audEERING's file has it, preprocessor_config.json): TINY, or
+    `size` (e.g. {} for the base layout, LARGE)."""
     from safetensors.torch import save_file
     from transformers import AutoModel
     spec = MODELS[name]
     layout = {"feat_extract_norm": "layer", "do_stable_layer_norm": True, "conv_bias": True} if spec.stable_layer_norm else {}
-    config = _config_class(spec.family)(**TINY, **layout, **({"num_labels": len(EMOTIONS)} if spec.emotion else {}))
+    config = _config_class(spec.family)(**(TINY if size is None else size), **layout,
+                                        **({"num_labels": len(EMOTIONS)} if spec.emotion else {}))
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         encoder = AutoModel.from_config(config)
@@ -294,6 +301,11 @@ class SpeechExtractor(Extractor):
         self.names = [f"emb_{i:04d}" for i in range(width)] + (list(EMOTIONS) if spec.emotion else [])
         self.dim = len(self.names)
         self.precision = "bf16" if device.startswith("cuda") else "fp32"
+
+    @classmethod
+    def available(cls) -> str | None:
+        import importlib.util
+        return None if importlib.util.find_spec("transformers") else MISSING
 
     @classmethod
     def weight_files(cls, params: dict) -> list[str]:
