@@ -5,6 +5,7 @@ contract through the runner on real encoded video."""
 from __future__ import annotations
 
 import os
+import zipfile
 
 import numpy as np
 import pytest
@@ -197,6 +198,17 @@ def test_weights_are_plain_state_dicts(tmp_path, weights):
     with pytest.raises(WeightsError, match="not a VGGish file"):
         vggish.load_state(str(tmp_path / "wrong.pth"), vggish.network_shapes())
     assert vggish.load_state(os.path.join(weights, vggish.PCA_FILE), vggish.PCA_SHAPES)["pca_means"].shape == (128,)
+    # the release's PCA file (2019) holds numpy arrays pickled under numpy 1's module name
+    with zipfile.ZipFile(os.path.join(weights, vggish.PCA_FILE)) as src, \
+            zipfile.ZipFile(tmp_path / "old.pth", "w", zipfile.ZIP_STORED) as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename.endswith("data.pkl"):
+                assert b"cnumpy._core.multiarray\n_reconstruct" in data
+                data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+            dst.writestr(item, data)
+    old = vggish.load_state(str(tmp_path / "old.pth"), vggish.PCA_SHAPES)
+    assert torch.equal(old["pca_means"], vggish.load_state(os.path.join(weights, vggish.PCA_FILE), vggish.PCA_SHAPES)["pca_means"])
     with pytest.raises(WeightsError, match=r"vggish.postprocess: .*vggish_pca_params-970ea276.pth has no pinned SHA-256"):
         vggish.VGGishExtractor.make_weights({"weights": "official", "postprocess": True}, str(tmp_path))
 

@@ -227,7 +227,7 @@ class SpeechEncoder:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.startswith("cuda")):
             out = self.encoder(batch, output_hidden_states=True)
         hidden = out.hidden_states
-        chosen = torch.stack(hidden).float().mean(0) if self.layer == "mean" else hidden[self.layer].float()
+        chosen = sum(h.float() for h in hidden) / len(hidden) if self.layer == "mean" else hidden[self.layer].float()
         return chosen, out.last_hidden_state.float()
 
     @staticmethod
