@@ -214,6 +214,7 @@ def test_bad_layer_and_missing_pins_are_one_line(tmp_path):
                                             str(tmp_path / "out"))
 
 
+@pytest.mark.slow
 def test_store_contract_through_the_runner(tmp_path, monkeypatch, weights):
     params = yaml.safe_load(open(os.path.join(REPO, "params.yaml")))
     params["speech"].update(model="wav2vec2-large-robust-12-ft-emotion-msp-dim", stores=1, device="cpu")
