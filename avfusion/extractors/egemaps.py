@@ -19,6 +19,7 @@ of 0 means "unvoiced", as in openSMILE's output. Audio is read at 16 kHz.
 """
 from __future__ import annotations
 
+import warnings
 from importlib.metadata import version
 from typing import Literal
 
@@ -92,7 +93,8 @@ class EGeMAPS:
 
 class Functionals:
     """openSMILE's 88 eGeMAPSv02 functionals of the `window` seconds of audio centred on each frame (cut
-    at the audio's ends): openSMILE's own summary, one call per frame."""
+    at the audio's ends): openSMILE's own summary, one call per frame. A frame whose window is too short
+    for openSMILE (it returns NaN) is not valid."""
 
     def __init__(self, window: float):
         self.smile, self.window = _smile("Functionals"), window
@@ -105,9 +107,14 @@ class Functionals:
         samples, start, valid = frame_audio(path, times)
         out = np.zeros((len(valid), len(self.names)))
         half = self.window / 2
-        for i in np.flatnonzero(valid):
-            lo, hi = (int(np.clip(round((times[i] - start + s) * SAMPLE_RATE), 0, len(samples))) for s in (-half, half))
-            out[i] = self.smile.process_signal(samples[lo:hi], SAMPLE_RATE).to_numpy(np.float64)[0]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)      # "Segment too short": its NaNs are handled below
+            for i in np.flatnonzero(valid):
+                lo, hi = (int(np.clip(round((times[i] - start + s) * SAMPLE_RATE), 0, len(samples))) for s in (-half, half))
+                out[i] = self.smile.process_signal(samples[lo:hi], SAMPLE_RATE).to_numpy(np.float64)[0]
+        # openSMILE gives NaN for a window too short to summarise (~0.1 s): no value at that frame
+        too_short = np.isnan(out).any(axis=1)
+        out[too_short], valid = 0.0, valid & ~too_short
         return FrameFeatures(out.astype(np.float32), valid, list(self.names), dict(self.provenance))
 
 
