@@ -238,3 +238,23 @@ def test_store_contract_through_the_runner(tmp_path, monkeypatch):
     again = rebuilt.rows(Video("voice", videos["voice"], media.frame_times(videos["voice"])))
     for column in ("embedding", "valid", "time"):
         np.testing.assert_array_equal(again[column], rows[column])
+
+
+def test_frame_rows_hold_the_audio_centred_on_each_frame(tmp_path, weights):
+    """A 0.1 s burst at 1.5 s in an encoded video (rate 0): exactly the frames within 0.4875 s of it (the
+    half-span of an example, plus AAC's smearing of the burst's edges) differ from silence."""
+    fps, seconds = 20, 3.0
+    sound = np.zeros(int(seconds * SR), np.float32)
+    on, off = int(1.5 * SR), int(1.6 * SR)
+    sound[on:off] = 0.5 * np.sin(2 * np.pi * 800 * np.arange(off - on) / SR)
+    frames = [Image.new("RGB", (32, 32), (4 * i, 40, 80)) for i in range(int(seconds * fps))]
+    path = encode_video(tmp_path / "burst.mp4", frames, sound, fps=fps)
+    times = media.frame_times(path)
+    embedder = vggish.Embedder(weights, False, 0)
+    rows, valid = embedder.frames(path, times)
+    assert valid.all()
+    silent = embedder.embed(embedder.examples_at(np.zeros(SR), [SR // 2]))[0]
+    moved = np.abs(rows - silent).max(axis=1) > 1e-4
+    half, smear = (vggish.HOP * (vggish.EXAMPLE - 1) + vggish.WINDOW) / 2 / SR, 0.07
+    assert moved[(times > 1.5 - half + smear) & (times < 1.6 + half - smear)].all()
+    assert not moved[(times < 1.5 - half - smear) | (times > 1.6 + half + smear)].any()
