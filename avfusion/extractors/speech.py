@@ -67,7 +67,10 @@ class Model:
 
 
 # SHA-256 digests not confirmed are left empty: `fetch` then refuses the download with one line, and a
-# user who downloaded the snapshot sets speech.weights to its model.safetensors.
+# user who downloaded the snapshot sets speech.weights to its model.safetensors. The wav2vec2-base and
+# hubert-base revisions are the known 8-hex prefixes of their safetensors commits: pin the full commit
+# with the digests. audEERING's digests are those a public project pinned for this revision (the 8-hex
+# prefix of the weights' SHA-256 on the model page was not found to cross-check).
 MODELS = {
     "wavlm-base-plus": Model("microsoft/wavlm-base-plus", "98fd61b9c652129c839c0a25a05987d8f59256a4", "wavlm",
                              dict.fromkeys(FILES, "")),
