@@ -57,13 +57,14 @@ def test_every_extractor_in_one_table(tmp_path, video, weights):
     np.testing.assert_allclose(table[:, 1], frame_times(video), atol=1e-4)
     column = {name: i for i, name in enumerate(header)}
     for name, width in (("facenet", 512), ("openl3", 512), ("vad", 1), ("egemaps", 25), ("logmel", 64),
-                        ("mfcc", 20), ("expression", 135), ("landmarks", 10)):
+                        ("mfcc", 20), ("expression", 135), ("landmarks", 10), ("speech", 64), ("vggish", 128)):
         assert f"{name}.valid" in column
         assert len([h for h in header if h.startswith(name + ".")]) == width + 1, name
     assert {"facenet.000", "facenet.511", "openl3.000", "vad.speech", "logmel.mel_00", "mfcc.mfcc_19",
             "egemaps.F0semitoneFrom27.5Hz_sma3nz", "egemaps.Loudness_sma3",
             *(f"expression.{e}" for e in EXPRESSIONS), "expression.feature_127",
-            "landmarks.left_eye_x", "landmarks.mouth_right_y"} <= set(header)
+            "landmarks.left_eye_x", "landmarks.mouth_right_y", "speech.emb_0000", "vggish.emb_127"} <= set(header)
+    assert table[:, column["speech.valid"]].all() and table[:, column["vggish.valid"]].all()
     assert table[:, column["facenet.valid"]].sum() >= FRAMES - 1           # the drawn face is found
     assert table[:, column["openl3.valid"]].all() and table[:, column["vad.valid"]].all()
     assert table[:, column["vad.speech"]].max() < 0.5                       # a tone is not speech

@@ -272,3 +272,45 @@ def test_logmel_rows_line_up_with_frames(clips):
     loud = energy > (energy[inside(times, seg["pause"])].mean() + energy[inside(times, seg["tone"])].mean()) / 2
     onset = times[np.argmax(loud & (times > seg["pause"][0]))]
     assert abs(onset - seg["tone"][0]) <= 1 / FPS
+
+
+def test_mfcc_deltas_are_librosas_regression_on_the_10ms_rows(clips):
+    """13 MFCCs, deltas, delta-deltas of the 10 ms rows (librosa.feature.delta, width 5, edges repeated:
+    HTK's formula; delta-deltas as deltas of the deltas), then the overlap-weighted mean per frame."""
+    import librosa
+
+    from avfusion.extractors.mfcc import CepstraWithDeltas
+    path, times, _ = clips["mixed"]
+    samples, start = media.read_audio(path, SR)
+    cepstra = scipy.fft.dct(reference_log_mel(samples.astype(np.float64)), norm="ortho")[:, :13]
+    first = librosa.feature.delta(cepstra, width=5, order=1, axis=0, mode="nearest")
+    second = librosa.feature.delta(first, width=5, order=1, axis=0, mode="nearest")
+    steps = np.concatenate([cepstra, first, second], axis=1)
+    centres = start + (200 + 160 * np.arange(len(steps))) / SR
+    expected = np.zeros((len(times), 39))
+    for i, (lo, hi) in enumerate(zip(*frame_intervals(times))):
+        overlap = np.clip(np.minimum(hi, centres + 0.005) - np.maximum(lo, centres - 0.005), 0, None)
+        expected[i] = overlap @ steps / overlap.sum()
+    rows = CepstraWithDeltas().frames(path, times)
+    assert rows.names[:2] == ["mfcc_00", "mfcc_01"] and rows.names[13] == "d_mfcc_00" and rows.names[-1] == "dd_mfcc_12"
+    np.testing.assert_allclose(rows.features, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_egemaps_functionals_are_opensmiles_on_the_window_around_each_frame(clips):
+    import opensmile
+
+    from avfusion.extractors.egemaps import Functionals
+    path, times, _ = clips["short"]                           # 1 s of sound in a 2 s video
+    rows = Functionals(window=0.5).frames(path, times)
+    assert rows.features.shape == (len(times), 88) and "F0semitoneFrom27.5Hz_sma3nz_amean" in rows.names
+    assert rows.valid[times < 0.9].all() and not rows.valid[times > 1.1].any() and not rows.features[~rows.valid].any()
+    smile = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02, feature_level=opensmile.FeatureLevel.Functionals)
+    samples, start = media.read_audio(path, SR)
+    for i in (0, 12, int(np.flatnonzero(rows.valid)[-1])):
+        lo = max(0, round((times[i] - start - 0.25) * SR))
+        hi = min(len(samples), round((times[i] - start + 0.25) * SR))
+        expected = smile.process_signal(samples[lo:hi], SR)
+        assert list(expected.columns) == rows.names
+        np.testing.assert_allclose(rows.features[i], expected.to_numpy()[0], rtol=1e-5, atol=1e-4)
+    tiny = Functionals(window=0.02).frames(path, times)          # too short for openSMILE: NaN there
+    assert not tiny.valid.any() and not tiny.features.any()

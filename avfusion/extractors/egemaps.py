@@ -8,8 +8,10 @@ for research and education, NOT for commercial use. It is an optional extra
 openSMILE gives one row of 25 descriptors every 10 ms (20-60 ms windows, smoothed over 3 frames:
 `_sma3`). A video frame's value is the mean of those rows over the frame's interval, weighted by
 overlap (avfusion.framewise): a 25 fps frame holds four of them, so the mean keeps the descriptors'
-own time resolution and uses every row once; functionals over a longer centred window would blur
-neighbouring frames together and choose a context length the models can learn for themselves.
+own time resolution and uses every row once (the default, `egemaps.set: lld`). `egemaps.set:
+functionals` gives openSMILE's own 88 eGeMAPSv02 functionals of the `egemaps.window` seconds centred
+on each frame instead (the parameter set as its paper defines it; neighbouring frames then share most
+of their audio).
 Descriptors marked `nz` (F0, jitter, shimmer, HNR, formants) exist only in voiced rows (F0 > 0;
 elsewhere openSMILE writes 0, or -201 for the formant amplitudes), so they are averaged over the
 voiced rows only, as eGeMAPS' own functionals do, and are 0 in a frame without a voiced row: a pitch
@@ -17,12 +19,14 @@ of 0 means "unvoiced", as in openSMILE's output. Audio is read at 16 kHz.
 """
 from __future__ import annotations
 
+import warnings
 from importlib.metadata import version
+from typing import Literal
 
 import numpy as np
 
 from avfusion.errors import UserError
-from avfusion.extraction.base import register
+from avfusion.extraction.base import ExtractorParams, register
 from avfusion.extraction.framewise import (
     SAMPLE_RATE,
     FrameFeatures,
@@ -31,6 +35,7 @@ from avfusion.extraction.framewise import (
     frame_intervals,
     interval_mean,
 )
+from avfusion.params import number
 
 HOP = 0.01              # seconds between eGeMAPS LLD rows
 VOICING = "F0semitoneFrom27.5Hz_sma3nz"
@@ -39,13 +44,12 @@ VOICING = "F0semitoneFrom27.5Hz_sma3nz"
 MISSING = "the egemaps extractor needs openSMILE: pip install -e '.[opensmile]'"
 
 
-def _smile():
+def _smile(level: str = "LowLevelDescriptors"):
     try:
         import opensmile
     except ImportError:
         raise UserError(MISSING) from None
-    return opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
-                           feature_level=opensmile.FeatureLevel.LowLevelDescriptors)
+    return opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02, feature_level=getattr(opensmile.FeatureLevel, level))
 
 
 class EGeMAPS:
@@ -87,10 +91,45 @@ class EGeMAPS:
         return FrameFeatures(out.astype(np.float32), valid, list(self.names), dict(self.provenance))
 
 
+class Functionals:
+    """openSMILE's 88 eGeMAPSv02 functionals of the `window` seconds of audio centred on each frame (cut
+    at the audio's ends): openSMILE's own summary, one call per frame. A frame whose window is too short
+    for openSMILE (it returns NaN) is not valid."""
+
+    def __init__(self, window: float):
+        self.smile, self.window = _smile("Functionals"), window
+        self.names = list(self.smile.feature_names)
+        self.provenance = {"extractor": "egemaps", "opensmile": version("opensmile"), "feature_set": "eGeMAPSv02",
+                           "feature_level": "Functionals", "sample_rate": SAMPLE_RATE, "window": window,
+                           "per_frame": "functionals of the window centred on the frame"}
+
+    def frames(self, path: str, times: np.ndarray) -> FrameFeatures:
+        samples, start, valid = frame_audio(path, times)
+        out = np.zeros((len(valid), len(self.names)))
+        half = self.window / 2
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)      # "Segment too short": its NaNs are handled below
+            for i in np.flatnonzero(valid):
+                lo, hi = (int(np.clip(round((times[i] - start + s) * SAMPLE_RATE), 0, len(samples))) for s in (-half, half))
+                out[i] = self.smile.process_signal(samples[lo:hi], SAMPLE_RATE).to_numpy(np.float64)[0]
+        # openSMILE gives NaN for a window too short to summarise (~0.1 s): no value at that frame
+        too_short = np.isnan(out).any(axis=1)
+        out[too_short], valid = 0.0, valid & ~too_short
+        return FrameFeatures(out.astype(np.float32), valid, list(self.names), dict(self.provenance))
+
+
+class Params(ExtractorParams):
+    set: Literal["lld", "functionals"] = "lld"     # 25 low-level descriptors averaged per frame | 88 functionals per frame
+    window: number(gt=0) = 2                       # functionals: seconds of audio centred on each frame
+
+
 @register
 class EGeMAPSExtractor(FramewiseExtractor):
-    """openSMILE eGeMAPSv02 low-level descriptors, 25 columns under openSMILE's names (optional extra)."""
+    """openSMILE eGeMAPSv02 low-level descriptors, 25 columns under openSMILE's names (optional extra);
+    `set: functionals`: the 88 functionals over `window` seconds centred on each frame."""
     name, version = "egemaps", "opensmile-egemapsv02-lld/1"
+    Params = Params
+    output_params = ("set", "window")
 
     @classmethod
     def available(cls) -> str | None:
@@ -98,5 +137,5 @@ class EGeMAPSExtractor(FramewiseExtractor):
         return None if importlib.util.find_spec("opensmile") else MISSING
 
     def build(self):
-        smile = EGeMAPS()
+        smile = Functionals(self.params["window"]) if self.params.get("set") == "functionals" else EGeMAPS()
         return smile, smile.names
