@@ -38,6 +38,26 @@ def open_faces(needed_by: str) -> FeatureReader:
                            f"run the {FACES} stage first") from None
 
 
+def settle_batch_norms(network, size: int, mean, std, seed: int) -> None:
+    """Seeded random weights of a face encoder: its batch norms' statistics measured on seeded smooth
+    noise (normalised like its input), so that the untrained network's outputs vary with its input;
+    with the default statistics (0, 1) they come out nearly constant, and a parity test on them
+    would prove little. Leaves `network` in eval mode."""
+    import torch
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.nn.functional.interpolate(torch.rand(16, 3, 8, 8, generator=generator), size=(size, size),
+                                            mode="bilinear")
+    noise = (noise - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    norms = [m for m in network.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None                 # the plain mean over the one batch
+    network.train()
+    with torch.no_grad():
+        network(noise)
+    network.eval()
+
+
 class FaceExtractor(Extractor):
     reads_faces = True
     store: FeatureReader | None = None          # the facenet store, opened by the first video that needs it

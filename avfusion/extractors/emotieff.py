@@ -31,7 +31,7 @@ import numpy as np
 
 from avfusion.errors import WeightsError
 from avfusion.extraction.base import DeviceParams, Video, register, weights_param
-from avfusion.extraction.faces import FaceExtractor, pixel_box
+from avfusion.extraction.faces import FaceExtractor, pixel_box, settle_batch_norms
 from avfusion.extraction.opencv import resize_uint8
 from avfusion.extraction.weights import Download, copy_user_file, fetch
 from avfusion.params import integer
@@ -97,6 +97,8 @@ def classifier(graph, model: Model):
         raise ValueError("its last node is not the classifier's Gemm (weight and bias)")
     gemm = graph.node[-1]
     weight = next((t for t in graph.initializer if t.name == gemm.input[1]), None)
+    if not any(t.name == gemm.input[2] for t in graph.initializer):
+        raise ValueError("its classifier's bias is not a stored tensor")
     outputs = len(CLASSES) + 2 * model.valence_arousal
     if weight is None or tuple(weight.dims) != (outputs, model.features):
         raise ValueError(f"its classifier is not {outputs} outputs of {model.features} features "
@@ -189,12 +191,13 @@ def write_random_weights(path: str, name: str, seed: int) -> None:
         network = _mobilefacenet()(classes)
     else:
         network = timm.create_model(model.architecture, pretrained=False, num_classes=classes)
-    with torch.no_grad():      # batch norms away from the identity, so that they are exercised
+    with torch.no_grad():
         for module in network.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.8, 1.25)
-    network.eval()
+            if isinstance(module, torch.nn.Linear) and module.bias is not None:
+                # not zeros: the exporter would share one zero tensor between biases, and the library
+                # reads the classifier's bias from the file's initializers
+                module.bias.normal_(0.0, 0.1)
+    settle_batch_norms(network, model.size, *model.normalisation, seed)
     torch.onnx.export(network, torch.zeros(1, 3, model.size, model.size), path, input_names=[INPUT],
                       output_names=["output"], dynamic_axes={INPUT: {0: "batch"}, "output": {0: "batch"}},
                       opset_version=17, dynamo=False)
