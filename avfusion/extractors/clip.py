@@ -78,7 +78,10 @@ def read_tower(path: str, architecture: str):
         raise ValueError(f"not a safetensors file ({type(exc).__name__})") from None
     tower = vision_tower(architecture)
     visual = {k[len(TOWER):]: v for k, v in state.items() if k.startswith(TOWER)}
-    missing, unexpected = tower.load_state_dict(visual, strict=False)
+    try:
+        missing, unexpected = tower.load_state_dict(visual, strict=False)
+    except RuntimeError as exc:    # a tensor of another shape
+        raise ValueError(f"not {architecture}'s vision tower ({str(exc).splitlines()[-1].strip()})") from None
     if missing or unexpected:
         raise ValueError(f"not {architecture}'s vision tower ({len(missing)} missing, {len(unexpected)} unexpected keys"
                          f"{', e.g. ' + (missing or unexpected)[0] if missing or unexpected else ''})")

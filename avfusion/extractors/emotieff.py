@@ -77,7 +77,7 @@ def face_input(frame: np.ndarray, box: np.ndarray, model: Model) -> np.ndarray:
     face = resize_uint8(frame[y1:y2, x1:x2], model.size, model.size) / 255   # float64, as in the library
     mean, std = model.normalisation
     face = (face - np.asarray(mean)) / np.asarray(std)
-    return face.transpose(2, 0, 1).astype(np.float32)
+    return np.ascontiguousarray(face.transpose(2, 0, 1), dtype=np.float32)
 
 
 def probabilities(scores: np.ndarray) -> np.ndarray:

@@ -48,7 +48,7 @@ def face_input(frame: np.ndarray, box: np.ndarray) -> np.ndarray:
     top = int(round((FACE_SIZE - CROP_SIZE) / 2.0))                                 # torchvision's CenterCrop
     face = torch.from_numpy(np.ascontiguousarray(face[top:top + CROP_SIZE, top:top + CROP_SIZE]))
     face = face.permute(2, 0, 1).float().div(255)                                   # ToTorchFormatTensor
-    return ((face - 0.5) / 0.5).numpy()                                             # Normalize
+    return ((face - 0.5) / 0.5).contiguous().numpy()                                # Normalize
 
 
 def backbone():
