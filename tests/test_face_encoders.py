@@ -241,3 +241,80 @@ def test_irse50_refuses_another_network(tmp_path):
 def test_the_box_is_clipped_to_the_frame():
     assert pixel_box(np.array([-5.5, 3.7, 700.2, 50.9]), 640, 360) == (0, 3, 640, 50)
     assert pixel_box(np.array([639.5, 359.9, 650, 370]), 640, 360) == (639, 359, 640, 360)
+
+
+# ---------------------------------------------------------------- through the runner and `avfusion predict`
+
+
+@pytest.mark.slow
+def test_stores_on_the_facenet_boxes_resume_skip_and_predict(tmp_path, monkeypatch):
+    """Each encoder's store through the runner: one row per decoded frame, valid where facenet found the
+    face, the network on that face where valid and 0 elsewhere, its weights' hash and facenet's in the
+    provenance, no second detection, a video broken after the facenet stage skipped, a second run
+    resuming without reading a video; then `avfusion predict` computes the same rows byte for byte."""
+    from avfusion.app.predict import Predictor
+    from avfusion.extraction.registry import get
+    from avfusion.faces.mtcnn import FaceDetector
+    from avfusion.learning.fusion import build_model
+    from avfusion.learning.train import save_fold
+    from avfusion.paths import file_sha256
+
+    from conftest import extract, make_project, tone, tree_digest
+    crowd = Image.open(os.path.join(FIXTURES, "faces", "crowd_full_resolution_crop.jpg")).convert("RGB")
+    frames = [ImageChops.offset(crowd, 3 * i, i) for i in range(4)] + [Image.new("RGB", crowd.size, (40, 60, 80))] * 2
+    video = encode_video(tmp_path / "street.mp4", frames, tone(0.6))
+    broken = encode_video(tmp_path / "broken.mp4", frames[:3], tone(0.3))
+    names = ("emotieff", "clip", "irse50")
+    params = {name: {**load_params(name, PARAMS), "device": "cpu", "stores": 2, "on_error": "skip"}
+              for name in ("facenet", "openl3", *names)}
+    params["features"] = {"extractors": [], "faces": list(names)}
+    root = make_project(tmp_path / "project", params, [{"video_id": "street", "path": video},
+                                                      {"video_id": "broken", "path": broken}])
+    upstream = {name: extract(root, name, monkeypatch) for name in ("facenet", "openl3")}
+    with open(broken, "wb") as f:                  # broken after the facenet stage read it
+        f.write(b"\x00" * 1000)
+    with monkeypatch.context() as forbid:
+        forbid.setattr(FaceDetector, "__call__", lambda *a, **k: pytest.fail("detected faces again"))
+        stores = {name: extract(root, name, forbid) for name in names}
+
+    faces = upstream["facenet"].rows("street", ("valid", "box", "time"))
+    assert faces["valid"][:4].all() and not faces["valid"][4:].any()
+    decoded = [frame.to_ndarray(format="rgb24") for _, frame in decode_video(video)]
+    for name, store in stores.items():
+        extractor = get(name)(params[name], "cpu")
+        extractor.weights_dir = os.path.join(root, "data", "weights", name)
+        extractor.ensure_loaded()
+        weights = os.path.join(extractor.weights_dir, get(name).weight_files(params[name])[0])
+        assert store.provenance["weights_sha256"] == file_sha256(weights)
+        assert store.provenance["boxes"]["extractor"] == upstream["facenet"].provenance["extractor"]
+        assert store.dim == extractor.dim and store.provenance.get("columns") == extractor.names
+        rows = store.rows("street")
+        assert np.array_equal(rows["valid"], faces["valid"]) and np.array_equal(rows["time"], faces["time"])
+        assert np.array_equal(rows["frame"], np.arange(len(frames)))
+        assert not rows["embedding"][4:].any()
+        direct = extractor.encode(np.stack([extractor.prepare(decoded[i], faces["box"][i]) for i in range(4)]))
+        np.testing.assert_allclose(rows["embedding"][:4], direct, atol=1e-5, err_msg=name)
+        assert store.length("broken") == 0
+        report = open(os.path.join(root, "reports", f"skipped_{name}.json")).read()
+        assert '"video_id": "broken"' in report
+
+    before = {name: tree_digest(store.directory) for name, store in stores.items()}
+    with monkeypatch.context() as forbid:
+        for name in names:
+            forbid.setattr(get(name), "on_faces", lambda *a: pytest.fail("re-read a video"))
+        for name in names:
+            extract(root, name, forbid)
+    assert {name: tree_digest(store.directory) for name, store in stores.items()} == before
+
+    fusion = {"type": "concat", "dim": 8, "hidden": 4, "dropout": 0.1, "visual": ["facenet", *names], "audio": ["openl3"]}
+    dim_visual = 512 + sum(store.dim for store in stores.values())
+    model = build_model(fusion, 16, dim_visual, 512)
+    save_fold(os.path.join(root, "models", "fold-0"), model.state_dict(),
+              {"fold": 0, "fusion": fusion, "window": 16, "hop": 8, "dim_visual": dim_visual, "dim_audio": 512,
+               "provenance": {name: reader.provenance for name, reader in {**upstream, **stores}.items()}})
+    monkeypatch.chdir(tmp_path)
+    _, predicted = Predictor(os.path.join(root, "models"), device="cpu").features(video)
+    for name, store in stores.items():
+        stored = store.rows("street", ("embedding", "valid", "time"))
+        for column in ("embedding", "valid", "time"):
+            np.testing.assert_array_equal(predicted[name][column], stored[column], err_msg=f"{name}.{column}")

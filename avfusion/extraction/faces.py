@@ -9,9 +9,9 @@ rows it just computed (`Video.faces`).
 """
 from __future__ import annotations
 
-import numpy as np
-
 from collections.abc import Callable
+
+import numpy as np
 
 from avfusion import paths
 from avfusion.errors import DatasetError

@@ -259,10 +259,12 @@ class EmotiEffExtractor(FaceExtractor):
         self.session = onnx_session(self.weight_path(), self.model, self.device)
         self.outputs = [o.name for o in self.session.get_outputs()]
 
+    def prepare(self, frame: np.ndarray, box: np.ndarray) -> np.ndarray:
+        return face_input(frame, box, self.model)
+
     def encode(self, faces: np.ndarray) -> np.ndarray:
         scores, features = self.session.run(self.outputs, {INPUT: faces})
         return np.concatenate([probabilities(scores), features], axis=1)
 
     def on_faces(self, video: Video, faces: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.encode_faces(video, faces, lambda frame, box: face_input(frame, box, self.model),
-                                 self.encode, self.params["batch_size"])
+        return self.encode_faces(video, faces, self.prepare, self.encode, self.params["batch_size"])

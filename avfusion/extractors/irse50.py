@@ -174,10 +174,13 @@ class IrSe50Extractor(FaceExtractor):
         path = os.path.abspath(self.weight_path())
         self.network = _load(path, os.stat(path).st_mtime_ns, self.device)
 
+    def prepare(self, frame: np.ndarray, box: np.ndarray) -> np.ndarray:
+        return face_input(frame, box)
+
     def encode(self, faces: np.ndarray) -> np.ndarray:
         import torch
         with torch.inference_mode(), torch.autocast("cuda", enabled=self.device.startswith("cuda")):
             return self.network(torch.from_numpy(faces).to(self.device)).float().cpu().numpy()
 
     def on_faces(self, video: Video, faces: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.encode_faces(video, faces, face_input, self.encode, self.params["batch_size"])
+        return self.encode_faces(video, faces, self.prepare, self.encode, self.params["batch_size"])
