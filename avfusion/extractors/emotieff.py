@@ -11,9 +11,11 @@ Their ONNX files run with onnxruntime, as EmotiEffLib's ONNX branch runs them
   MobileFaceNet);
 - outputs: the final Gemm's scores, softmax over the 8 AffectNet classes in the library's order
   (`classify_emotions(..., logits=False)`); the `_va_mtl` models' last two scores are valence and
-  arousal, kept raw as the library does (a linear output, not bounded to [-1, 1]); and the
-  penultimate embedding: the Gemm's input, which the library takes as its features, exposed here as
-  a second graph output of the same file.
+  arousal (`scores[:, -2]`, `scores[:, -1]` in its ABAW notebooks), kept raw as the library does (a
+  linear output, not bounded to [-1, 1]); and the penultimate embedding: the Gemm's input, which the
+  library takes as its features, exposed here as a second graph output of the same file.
+Faces run in batches; with `device: cuda` onnxruntime's CUDA provider runs them (fp32: autocast is
+torch's) when onnxruntime-gpu is installed, otherwise the CPU does, and the stores record which.
 
 Weights: `random` (the offline default: seeded random weights of the same architecture, timm's
 tf_efficientnet_b0 / b2 or MobileFaceNet, exported by the project to an ONNX file with the official
