@@ -172,6 +172,7 @@ def test_clip_matches_open_clips_encode_image(tmp_path, street):
     assert (theirs.std(axis=0) > 1e-3 * np.abs(theirs).mean()).mean() > 0.5
 
 
+@pytest.mark.slow          # open_clip's import and a ViT-B/16: ~5 s
 def test_clip_refuses_another_safetensors_file(tmp_path):
     from safetensors.torch import save_file
     other = str(tmp_path / "other.safetensors")
@@ -236,6 +237,25 @@ def test_irse50_refuses_another_network(tmp_path):
     with pytest.raises(WeightsError, match=r"^irse50.weights: refused: not the IR-50 backbone of LFAN"):
         irse50.IrSe50Extractor.make_weights({"weights": other, "seed": 0}, str(tmp_path))
     assert not os.path.exists(tmp_path / irse50.FILE)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["clip", "irse50"])
+def test_fp16_autocast_on_cuda_keeps_the_embedding(tmp_path, street, name):
+    """The same batch on CUDA under fp16 autocast and on the CPU: the same embedding to fp16's precision."""
+    cls = {"clip": clip.ClipExtractor, "irse50": irse50.IrSe50Extractor}[name]
+    params = load_params(name, PARAMS)
+    cls.make_weights(params, str(tmp_path))
+    rows = {}
+    for device in ("cpu", "cuda"):
+        extractor = cls(params, device)
+        extractor.weights_dir = str(tmp_path)
+        extractor.ensure_loaded()
+        rows[device] = extractor.encode(np.stack([extractor.prepare(frame, box) for frame, box in faces_of(street)]))
+    assert extractor.precision == "cuda-fp16"
+    cpu, cuda = rows["cpu"], rows["cuda"]
+    cosine = (cpu * cuda).sum(1) / np.linalg.norm(cpu, axis=1) / np.linalg.norm(cuda, axis=1)
+    assert cosine.min() > 0.999
 
 
 def test_the_box_is_clipped_to_the_frame():
