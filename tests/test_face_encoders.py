@@ -133,6 +133,40 @@ def test_emotieff_outputs_are_the_librarys(tmp_path, street, emotiefflib, name):
     assert (features.std(axis=0) > 1e-3 * np.abs(features).mean()).mean() > 0.5
 
 
+@pytest.mark.slow
+def test_emotieff_official_weights_are_fetched_and_checked(tmp_path, monkeypatch):
+    """`weights: official` downloads the model's file (here from a real HTTP server on 127.0.0.1) and keeps
+    it only when its SHA-256 is the pinned one."""
+    import dataclasses
+    import functools
+    import http.server
+    import threading
+
+    from avfusion.paths import file_sha256
+    served = tmp_path / "served"
+    served.mkdir()
+    emotieff.write_random_weights(str(served / "mbf_va_mtl.onnx"), "mbf_va_mtl", seed=0)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(emotieff, "RELEASE", f"http://127.0.0.1:{httpd.server_address[1]}/")
+        params = {"model": "mbf_va_mtl", "weights": "official", "seed": 0}
+        pinned = dataclasses.replace(emotieff.MODELS["mbf_va_mtl"], sha256=file_sha256(str(served / "mbf_va_mtl.onnx")))
+        monkeypatch.setitem(emotieff.MODELS, "mbf_va_mtl", pinned)
+        (tmp_path / "ok").mkdir()
+        emotieff.EmotiEffExtractor.make_weights(params, str(tmp_path / "ok"))
+        assert file_sha256(str(tmp_path / "ok" / "mbf_va_mtl.onnx")) == pinned.sha256
+        monkeypatch.setitem(emotieff.MODELS, "mbf_va_mtl", dataclasses.replace(pinned, sha256="0" * 64))
+        (tmp_path / "bad").mkdir()
+        with pytest.raises(WeightsError, match=r"mbf_va_mtl.onnx: SHA-256 [0-9a-f]{64}, expected 0{64} \(emotieff.weights\)"):
+            emotieff.EmotiEffExtractor.make_weights(params, str(tmp_path / "bad"))
+        assert os.listdir(tmp_path / "bad") == []
+    finally:
+        httpd.shutdown()
+
+
 def test_emotieff_refuses_another_onnx_file(tmp_path):
     other = str(tmp_path / "other.onnx")
     torch.onnx.export(torch.nn.Linear(4, 3).eval(), torch.zeros(1, 4), other, input_names=["input"], dynamo=False)
