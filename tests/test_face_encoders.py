@@ -32,10 +32,11 @@ EMOTIEFFLIB = "emotiefflib==1.1.1"
 
 
 @pytest.fixture(scope="session")
-def emotiefflib(request) -> str:
+def emotiefflib(request, tmp_path_factory) -> str:
     """A folder holding the emotiefflib wheel and OpenCV (its ONNX branch's resize), for PYTHONPATH;
     installed once into pytest's cache (no dependencies: the rest is this environment's)."""
-    folder = str(request.config.cache.mkdir("emotiefflib-1.1.1"))
+    cache = request.config.cache         # None under -p no:cacheprovider: then once per session
+    folder = str(cache.mkdir("emotiefflib-1.1.1") if cache else tmp_path_factory.mktemp("emotiefflib"))
     if not os.path.isdir(os.path.join(folder, "emotiefflib")) or not os.path.isdir(os.path.join(folder, "cv2")):
         proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", folder,
                                EMOTIEFFLIB, "opencv-python-headless"], capture_output=True, text=True)
