@@ -12,6 +12,7 @@ import pytest
 from avfusion.app.cli import main
 from avfusion.extraction.registry import get, names
 from avfusion.extraction.weights import materialise
+from avfusion.extractors.emotieff import CLASSES as EMOTIEFF_CLASSES
 from avfusion.extractors.expression import EXPRESSIONS
 from avfusion.extractors.landmarks import NAMES
 from avfusion.params import load_params
@@ -57,13 +58,16 @@ def test_every_extractor_in_one_table(tmp_path, video, weights):
     np.testing.assert_allclose(table[:, 1], frame_times(video), atol=1e-4)
     column = {name: i for i, name in enumerate(header)}
     for name, width in (("facenet", 512), ("openl3", 512), ("vad", 1), ("egemaps", 25), ("logmel", 64),
-                        ("mfcc", 20), ("expression", 135), ("landmarks", 10), ("speech", 64), ("vggish", 128)):
+                        ("mfcc", 20), ("expression", 135), ("landmarks", 10), ("speech", 64), ("vggish", 128),
+                        ("emotieff", 8 + 2 + 1280), ("clip", 512), ("irse50", 512)):
         assert f"{name}.valid" in column
         assert len([h for h in header if h.startswith(name + ".")]) == width + 1, name
     assert {"facenet.000", "facenet.511", "openl3.000", "vad.speech", "logmel.mel_00", "mfcc.mfcc_19",
             "egemaps.F0semitoneFrom27.5Hz_sma3nz", "egemaps.Loudness_sma3",
             *(f"expression.{e}" for e in EXPRESSIONS), "expression.feature_127",
-            "landmarks.left_eye_x", "landmarks.mouth_right_y", "speech.emb_0000", "vggish.emb_127"} <= set(header)
+            "landmarks.left_eye_x", "landmarks.mouth_right_y", "speech.emb_0000", "vggish.emb_127",
+            "emotieff.happiness", "emotieff.valence", "emotieff.arousal", "emotieff.feature_1279", "clip.000",
+            "clip.511", "irse50.511"} <= set(header)
     assert table[:, column["speech.valid"]].all() and table[:, column["vggish.valid"]].all()
     assert table[:, column["facenet.valid"]].sum() >= FRAMES - 1           # the drawn face is found
     assert table[:, column["openl3.valid"]].all() and table[:, column["vad.valid"]].all()
@@ -73,6 +77,11 @@ def test_every_extractor_in_one_table(tmp_path, video, weights):
     np.testing.assert_allclose(probs[face].sum(axis=1), 1, atol=1e-4)
     assert np.array_equal(table[:, column["expression.valid"]], table[:, column["facenet.valid"]])
     assert np.array_equal(table[:, column["landmarks.valid"]], table[:, column["facenet.valid"]])
+    for name in ("emotieff", "clip", "irse50"):
+        assert np.array_equal(table[:, column[f"{name}.valid"]], table[:, column["facenet.valid"]])
+    np.testing.assert_allclose(table[face][:, [column[f"emotieff.{c}"] for c in EMOTIEFF_CLASSES]].sum(axis=1), 1, atol=1e-4)
+    np.testing.assert_allclose(np.linalg.norm(table[face][:, [column[f"irse50.{i:03d}"] for i in range(512)]], axis=1),
+                               1, atol=1e-4)
     eyes_nose = table[face][:, [column[f"landmarks.{p}_x"] for p in ("left_eye", "nose", "right_eye")]]
     assert np.all(np.diff(eyes_nose, axis=1) > 0)                           # inside the box, left to right
 

@@ -169,7 +169,7 @@ def test_a_store_not_extracted_is_one_line_before_any_training(dataset, tmp_path
 @pytest.mark.parametrize("value", [[], ["nope"], ["openl3", "openl3"], "openl3", [1]])
 def test_params_refuse_a_bad_feature_set_in_one_line_naming_the_key(value):
     with pytest.raises(ParamsError, match=r"^params.yaml: fusion.audio must be a non-empty list of distinct "
-                                          r"extractor names \(egemaps, expression, facenet, "):
+                                          r"extractor names \(clip, egemaps, emotieff, expression, facenet, "):
         validate("fusion", {"type": "jca", "audio": value})
 
 

