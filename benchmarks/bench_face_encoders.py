@@ -59,8 +59,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch / onnxruntime threads")
     parser.add_argument("--device", default="cpu", help="cpu | cuda")
     parser.add_argument("--reps", type=int, default=1)
-    parser.add_argument("--report", default=os.path.join(REPO, "reports", "face_encoders"))
+    parser.add_argument("--report", help="path stem for .json and .md (default: reports/face_encoders; "
+                        "--quick: a temporary directory)")
+    parser.add_argument("--quick", action="store_true", help="3 frames, one repetition (a smoke check)")
     args = parser.parse_args()
+    if args.quick:
+        args.frames, args.reps = 3, 1
+    args.report = args.report or (os.path.join(tempfile.gettempdir(), "avfusion-bench-quick", "face_encoders")
+                                  if args.quick else os.path.join(REPO, "reports", "face_encoders"))
     if not os.path.isfile(args.video):
         print(f"skipped: --video {args.video} is not a file (it needs a real 1080p clip with faces)")
         return

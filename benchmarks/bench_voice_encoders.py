@@ -78,8 +78,14 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default=os.path.join(REPO, "reports", "voice_encoders"))
+    parser.add_argument("--out", help="path stem for .json and .md (default: reports/voice_encoders; "
+                        "--quick: a temporary directory)")
+    parser.add_argument("--quick", action="store_true", help="one repetition (a smoke check)")
     args = parser.parse_args()
+    if args.quick:
+        args.reps = 1
+    args.out = args.out or (os.path.join(tempfile.gettempdir(), "avfusion-bench-quick", "voice_encoders")
+                            if args.quick else os.path.join(REPO, "reports", "voice_encoders"))
     if not os.path.isfile(args.video):
         print(f"skipped: --video {args.video} is not a file (a real 1080p clip with sound)")
         return

@@ -49,6 +49,7 @@ def read(path: str) -> tuple[list[str], np.ndarray]:
     return rows[0], np.array(rows[1:], dtype=np.float64)
 
 
+@pytest.mark.slow
 def test_every_extractor_in_one_table(tmp_path, video, weights):
     out = str(tmp_path / "features.csv")
     assert main(["features", video, "--out", out, "--weights", weights, "--params", PARAMS, "--device", "cpu"]) == 0

@@ -197,6 +197,7 @@ def model_with_audio(project, root, audio: list[str], extra: dict) -> str:
     return fold
 
 
+@pytest.mark.slow
 def test_predict_computes_the_plugin_extractors_of_the_models_feature_set(project, tmp_path, capsys):
     from test_predict import FRAMES, make_video
 

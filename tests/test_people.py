@@ -124,6 +124,7 @@ def box_centre_x(rows) -> np.ndarray:
     return (box[:, 0] + box[:, 2]) / 2 / SCALE
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("people", ["one", "all"])
 def test_left_and_right_trials_share_one_decode(tmp_path, videos, monkeypatch, people):
     reader, decoded = run_visual(tmp_path, videos, [{"video_id": "two_left", "file": "two", "person": "left"},
