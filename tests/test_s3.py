@@ -29,6 +29,11 @@ from conftest import dvc, run, tool_env, tree_digest
 REGION = "us-east-1"
 
 
+class QuietHandler(MotoRequestHandler):
+    def log_request(self, *args) -> None:   # a line per request would bury a failing test's output
+        pass
+
+
 class S3Server:
     """moto's S3 and IAM in a thread of this process, on a free port of 127.0.0.1. `put_delay` seconds
     of sleep before each PUT (an object or a part of one) make a push slow enough to kill partway."""
@@ -42,7 +47,7 @@ class S3Server:
                 time.sleep(self.put_delay)
             return app(environ, start_response)
 
-        self.server = make_server("127.0.0.1", 0, throttled, threaded=True, request_handler=MotoRequestHandler)
+        self.server = make_server("127.0.0.1", 0, throttled, threaded=True, request_handler=QuietHandler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -170,7 +175,7 @@ def test_s3_round_trip_with_the_key_only_in_config_local(pipeline_copy, s3, tmp_
     keyless = str(tmp_path / "keyless")
     run(["git", "clone", "-q", pipeline_copy, keyless], cwd=str(tmp_path))
     no_aws = {k: v for k, v in tool_env().items() if not k.startswith("AWS_")}
-    no_aws.update(AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull)   # nor ~/.aws
+    no_aws["HOME"] = str(tmp_path)                      # nor a ~/.aws
     refused = run([sys.executable, "-m", "dvc", "pull"], cwd=keyless, check=False, env=no_aws)
     assert refused.returncode != 0 and "Unable to locate credentials" in refused.stderr, refused.stderr
     assert not os.path.exists(os.path.join(keyless, "data", "features", "facenet"))
