@@ -35,6 +35,7 @@ def predict(repo: str, video: str, out: str) -> bytes:
 def test_experiments_pushed_by_one_clone_are_shown_applied_and_predict_alike_in_another(pipeline_copy, s3, tmp_path):
     a, origin, b = pipeline_copy, str(tmp_path / "origin.git"), str(tmp_path / "b")
     run(["git", "init", "-q", "--bare", "-b", "main", origin], cwd=str(tmp_path))
+    run(["git", "checkout", "-qB", "main"], cwd=a)          # pipeline_copy leaves HEAD detached
     add_s3_remote(a, s3, "experiments")
     run(["git", "remote", "add", "origin", origin], cwd=a)
     run(["git", "push", "-q", "origin", "main"], cwd=a)
