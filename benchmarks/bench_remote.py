@@ -5,7 +5,7 @@ loopback's, without a real network. The project (default: this checkout, after `
 is cloned with a copy of its cache; each repetition pushes the clone into a new bucket, checks
 `dvc status -c`, and pulls into a fresh `git clone`. Results go to reports/bench_remote.json.
 
-    .venv/bin/python benchmarks/bench_remote.py [--project DIR] [--reps 3]
+    .venv/bin/python benchmarks/bench_remote.py [--project DIR] [--reps 3] [--quick] [--out FILE]
 """
 from __future__ import annotations
 
@@ -59,8 +59,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--project", default=REPO, help="a git + DVC project whose committed dvc.lock is in its cache")
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--out", default=os.path.join(REPO, "reports", "bench_remote.json"))
+    parser.add_argument("--out", help="default: reports/bench_remote.json; --quick: a temporary directory")
+    parser.add_argument("--quick", action="store_true", help="one repetition (a smoke check)")
     args = parser.parse_args()
+    if args.quick:
+        args.reps = 1
+    args.out = args.out or (os.path.join(tempfile.gettempdir(), "avfusion-bench-quick", "bench_remote.json")
+                            if args.quick else os.path.join(REPO, "reports", "bench_remote.json"))
     load_before = os.getloadavg()[0]
     logging.getLogger("werkzeug").setLevel(logging.ERROR)      # moto's server logs every request
     port = free_port()
