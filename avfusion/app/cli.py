@@ -1,4 +1,5 @@
-"""The `avfusion` command: `predict` (valence and arousal of a video) and `features` (its per-frame features)."""
+"""The `avfusion` command: `predict` (valence and arousal of a video), `features` (its per-frame features),
+`compare` (two experiments' test CCC, paired bootstrap) and `results` (docs/results.md from the experiments)."""
 from __future__ import annotations
 
 import argparse
@@ -72,6 +73,20 @@ def _features(args: argparse.Namespace) -> None:
     print(f"{args.out}: {len(table)} frames, {len(header) - 2} columns ({', '.join(names)})", file=sys.stderr)
 
 
+def _compare(args: argparse.Namespace) -> None:
+    from avfusion.app.compare import compare, report
+    result = compare(args.a, args.b, args.resamples, args.seed)
+    print(report(args.a, args.b, result, args.resamples, args.seed))
+
+
+def _results(args: argparse.Namespace) -> None:
+    from avfusion.app.results import write_results
+    out = args.out or os.path.join(paths.root(), "docs", "results.md")
+    missing = write_results(out=out)
+    incomplete = [f"{title} ({n} rows)" for title, n in missing.items() if n]
+    print(f"{out}: written" + (f"; not run yet: {', '.join(incomplete)}" if incomplete else ""), file=sys.stderr)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="avfusion", description=DESCRIPTION)
     commands = top.add_subparsers(dest="command", required=True)
@@ -112,6 +127,20 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--params", help="the extractors' params (default: the project's params.yaml)")
     f.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
     f.set_defaults(run=_features)
+
+    c = commands.add_parser(
+        "compare", help="test CCC of two experiments, with a paired bootstrap interval of the difference",
+        description="A and B: experiment names (dvc exp show), commits or branches, evaluated on the same test "
+                    "videos. Prints per dimension CCC(A) - CCC(B) and its 95%% interval over resampled videos.")
+    c.add_argument("a")
+    c.add_argument("b")
+    c.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
+    c.add_argument("--seed", type=int, default=0, help="resampling seed (default: %(default)s)")
+    c.set_defaults(run=_compare)
+
+    r = commands.add_parser("results", help="write docs/results.md from the experiments (benchmarks/run_results.py)")
+    r.add_argument("--out", help="markdown file to write (default: the project's docs/results.md)")
+    r.set_defaults(run=_results)
     return top
 
 
