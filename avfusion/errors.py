@@ -43,10 +43,6 @@ class PredictError(UserError):
     """A model, weights or output path that `avfusion predict` cannot use."""
 
 
-class CompareError(UserError):
-    """Two revisions `avfusion compare` cannot compare: unknown, not evaluated, or scored on other videos."""
-
-
 class DeviceError(UserError):
     """A device that was asked for but is not there (e.g. `cuda` without a GPU)."""
 

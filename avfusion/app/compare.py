@@ -15,10 +15,14 @@ import subprocess
 import numpy as np
 
 from avfusion import paths
-from avfusion.errors import CompareError
+from avfusion.errors import UserError
 from avfusion.learning.metrics import paired_difference
 
 RECORD = "reports/test_videos.json"
+
+
+class CompareError(UserError):
+    """Two revisions that cannot be compared: unknown, not evaluated, or scored on other videos."""
 
 
 def resolve(rev: str, root: str) -> str:

@@ -15,8 +15,8 @@ import subprocess
 import time
 
 from avfusion import paths
-from avfusion.app.compare import compare
-from avfusion.errors import CompareError, UserError
+from avfusion.app.compare import CompareError, compare
+from avfusion.errors import UserError
 from avfusion.params import FUSION_TYPES
 
 SEEDS = [0, 1, 2]
