@@ -97,8 +97,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("video", help="any container FFmpeg reads, with or without audio or a face")
     p.add_argument("--out", required=True, help="CSV file to write")
     p.add_argument("--model",
-                   help="a trained fold (models/fold-0) or a models/ directory, whose folds are merged "
-                        "(default: the project's models/)")
+                   help="a trained fold (models/fold-0) or a models/ directory, whose folds are merged and "
+                        "seeds (seed-<s>/) averaged (default: the project's models/)")
     p.add_argument("--weights", help="directory with each extractor's weights in <name>/ "
                                      "(default: the model's project's data/weights)")
     p.add_argument("--plot", help="also draw the curves into this PNG (with --people all: one panel per person)")
