@@ -45,3 +45,17 @@ def test_compare_and_results_on_two_real_experiments(pipeline_copy):
     default_row = next(line for line in page.splitlines() if line.startswith("| facenet + openl3 (default) | 3 |"))
     assert "`three-seeds`" in default_row and " ± " in default_row
     assert "| jca_paper | not run |" in page and "Incomplete" in page
+
+
+def test_every_table_row_is_one_experiment_that_sets_every_varied_param():
+    from avfusion.app.results import DEFAULT, SEEDS, TABLES, experiment_name, experiments, set_arguments
+    from avfusion.params import validate
+    runs = dict(experiments())
+    rows = {experiment_name(overrides) for table in TABLES.values() for _, overrides in table}
+    assert set(runs) == rows and next(iter(runs)) == "default" and len(SEEDS) >= 3
+    for values in runs.values():
+        assert set(DEFAULT) | {"train.seeds"} <= set(values)
+        validate("fusion", {"type": values["fusion.type"], "visual": values["fusion.visual"],
+                            "audio": values["fusion.audio"]})
+    assert set_arguments({"fusion.audio": ["openl3", "egemaps"], "train.seeds": [0, 1, 2]}) == [
+        "-S", "fusion.audio=[openl3,egemaps]", "-S", "train.seeds=[0,1,2]"]
