@@ -1,9 +1,10 @@
 """`avfusion compare` and `avfusion results` on real experiments of the shrunken demo pipeline."""
-import json
 import os
 import sys
 
 import pytest
+
+from avfusion.app.results import shown_experiments
 
 from conftest import dvc, run, tool_env
 
@@ -18,15 +19,18 @@ def test_compare_and_results_on_two_real_experiments(pipeline_copy):
     repo = pipeline_copy
     dvc("exp", "run", "-n", "three-seeds", "-S", "train.seeds=[0,1,2]", cwd=repo)
     dvc("exp", "run", "-n", "seed-4", "-S", "train.seeds=[4]", cwd=repo)
-    shown = json.loads(dvc("exp", "show", "--json", cwd=repo).stdout)
-    assert "ccc_valence_seed_std" in json.dumps(shown) and "ccc_valence_low" in json.dumps(shown)
+    tests = {e["name"]: e["metrics"]["test"] for e in shown_experiments(repo)}
+    assert "ccc_valence_seed_std" in tests["three-seeds"] and "ccc_valence_seed_std" not in tests["seed-4"]
+    assert "ccc_valence_low" in tests["seed-4"]
 
     out = avfusion("compare", "three-seeds", "seed-4", cwd=repo).stdout
     lines = out.splitlines()
-    assert "on 2 test videos" in lines[0] and len(lines) == 4
+    assert f"on {tests['seed-4']['videos']} test video" in lines[0] and len(lines) == 4
     for line, name in zip(lines[1:], ("valence", "arousal", "mean")):
         words = line.split()
-        assert words[0] == name and float(words[1]) != 0
+        # the difference on all test videos is that of the two experiments' own metrics
+        expected = tests["three-seeds"][f"ccc_{name}"] - tests["seed-4"][f"ccc_{name}"]
+        assert words[0] == name and float(words[1]) == pytest.approx(expected, abs=1e-4) and expected != 0
         low, high = float(words[2].strip("[,")), float(words[3].strip("]"))
         assert low <= float(words[1]) <= high and ("excludes 0" in line) == (low > 0 or high < 0)
     # an experiment against itself: a difference of exactly 0

@@ -71,7 +71,8 @@ def compare(rev_a: str, rev_b: str, resamples: int = 1000, seed: int = 0, root: 
 
 def report(rev_a: str, rev_b: str, result: dict, resamples: int, seed: int) -> str:
     a, b = result["commits"]
-    lines = [f"test CCC of {rev_a} ({a[:7]}) minus {rev_b} ({b[:7]}) on {result['videos']} test videos, "
+    videos = f"{result['videos']} test video" + ("s" if result["videos"] != 1 else "")
+    lines = [f"test CCC of {rev_a} ({a[:7]}) minus {rev_b} ({b[:7]}) on {videos}, "
              f"95% paired bootstrap interval over videos ({resamples} resamples, seed {seed}):"]
     for name in ("valence", "arousal", "mean"):
         difference, low, high = result[name]
