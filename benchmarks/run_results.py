@@ -22,7 +22,7 @@ from avfusion.app.results import experiments, set_arguments, write_results  # no
 
 
 def existing(project: str) -> set[str]:
-    shown = subprocess.run(["dvc", "exp", "list", "--name-only"], cwd=project, capture_output=True, text=True,
+    shown = subprocess.run([sys.executable, "-m", "dvc", "exp", "list", "--name-only"], cwd=project, capture_output=True, text=True,
                            check=True)
     return {line.strip() for line in shown.stdout.splitlines() if line.strip()}
 
@@ -40,7 +40,7 @@ def main() -> None:
     for name, values in experiments():
         if args.only and name not in args.only:
             continue
-        command = ["dvc", "exp", "run", "-n", name, *set_arguments(values)]
+        command = [sys.executable, "-m", "dvc", "exp", "run", "-n", name, *set_arguments(values)]
         if name in done:
             print(f"{name}: exists, kept", flush=True)
             continue

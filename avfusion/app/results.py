@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 
 from avfusion import paths
@@ -99,7 +100,7 @@ def flatten(node, found: list) -> list:
 
 def shown_experiments(root: str) -> list[dict]:
     """{name, rev, timestamp, params (dotted keys), test (metrics)} of each experiment, newest first."""
-    shown = subprocess.run(["dvc", "exp", "show", "--json"], cwd=root, capture_output=True, text=True)
+    shown = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json"], cwd=root, capture_output=True, text=True)
     if shown.returncode != 0:
         raise UserError(f"dvc exp show failed in {root}: {(shown.stderr.strip().splitlines() or ['?'])[-1]}")
     out = []
