@@ -48,7 +48,9 @@ def main() -> None:
         if args.dry_run:
             continue
         started = time.perf_counter()
-        run = subprocess.run(command, cwd=project)
+        # the stages' `python` is this interpreter (its venv's bin first on PATH)
+        env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+        run = subprocess.run(command, cwd=project, env=env)
         log[name] = {"seconds": round(time.perf_counter() - started, 1), "returncode": run.returncode,
                      "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
