@@ -171,7 +171,9 @@ def report_lines(root: str) -> list[str]:
         t = json.load(open(threads))
         lines.append(f"- CPU training threads (reports/threads.json, benchmarks/bench_threads.py): one seed trains in "
                      f"{t['seconds']['threads_1']:.1f} s on 1 thread, {t['seconds']['threads_0']:.1f} s on all "
-                     f"{t['cpu_count']} cores ({t['speedup']:.2f}x; largest weight difference {t['max_weight_diff']:.1e}); "
+                     f"{t['cpu_count']} cores ({t['speedup']:.2f}x; largest weight difference between two runs "
+                     f"{t['max_weight_diff']['threads_1_rerun']:.1e} on 1 thread, {t['max_weight_diff']['threads_0_rerun']:.1e} "
+                     f"on all cores, {t['max_weight_diff']['threads_1_vs_0']:.1e} between the two); "
                      f"three seeds train in {t['seconds']['three_seeds']:.1f} s ({t['three_seeds_ratio']:.2f}x one) and "
                      f"evaluate in {t['seconds']['evaluate_three_seeds']:.1f} s vs {t['seconds']['evaluate_one_seed']:.1f} s.")
     bootstrap = os.path.join(root, "reports", "bootstrap.json")
