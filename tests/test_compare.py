@@ -48,7 +48,7 @@ def test_compare_and_results_on_two_real_experiments(pipeline_copy):
     page = open(os.path.join(repo, "results.md")).read()
     default_row = next(line for line in page.splitlines() if line.startswith("| facenet + openl3 (default) | 3 |"))
     assert "`three-seeds`" in default_row and " ± " in default_row
-    assert "| jca_paper | not run |" in page and "Incomplete" in page
+    assert "| jca, jca_paper | not run |" in page and "Incomplete" in page
 
 
 def test_every_table_row_is_one_experiment_that_sets_every_varied_param():

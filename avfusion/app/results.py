@@ -33,13 +33,21 @@ TABLES = {
         ("facenet + openl3, egemaps", {"fusion.audio": ["openl3", "egemaps"]}),
         ("facenet, landmarks + openl3", {"fusion.visual": ["facenet", "landmarks"]}),
     ],
-    "Training recipes": [(name, {"train.recipe": name}) for name in ("default", "jca_paper", "lfan_paper")],
+    "Training recipes": [  # each paper's recipe on its own model, against the default recipe on it
+        ("jca, default", {}),
+        ("jca, jca_paper", {"train.recipe": "jca_paper"}),
+        ("lfan, default", {"fusion.type": "lfan"}),
+        ("lfan, lfan_paper", {"fusion.type": "lfan", "train.recipe": "lfan_paper"}),
+    ],
     "Fusion types": [(name, {"fusion.type": name}) for name in FUSION_TYPES],
 }
 NOTES = {
     "Feature sets": "visual + audio extractors (`fusion.visual`, `fusion.audio`), JCA, default recipe.",
-    "Training recipes": "`train.recipe` (avfusion/learning/recipes.py), JCA on facenet + openl3.",
-    "Fusion types": "`fusion.type`, default recipe, facenet + openl3.",
+    "Training recipes": "`fusion.type`, `train.recipe` (avfusion/learning/recipes.py): each paper's set-up on "
+                        "its model, facenet + openl3. The demo's videos (120 frames) are shorter than the "
+                        "papers' windows (256, 300 frames).",
+    "Fusion types": "`fusion.type`, default recipe, facenet + openl3. `ridge` does not depend on the seed "
+                    "(a closed-form fit): its spread is 0 by construction.",
 }
 # Measured by hand (issue 23): a fresh clone on an AVX2 CPU without AVX-512, same demo videos byte for
 # byte, against the numbers committed on main from an AVX-512 machine; one seed each. The face
@@ -224,9 +232,10 @@ def write_results(root: str | None = None, out: str | None = None) -> dict[str, 
              "CCC (valence, arousal, their mean) over all test frames pooled, as ABAW scores them. *seeds*: mean ± "
              "std (n - 1) over the seeds of each seed's own model; *ensemble*: the seeds' mean prediction, with "
              "its 95% bootstrap interval over test videos (`eval.bootstrap` resamples). With 4 test videos the "
-             "intervals are wide: read them before any difference. *Δ mean vs default*: the paired bootstrap "
-             "difference of the ensembles' mean CCC (`avfusion compare <row> default`); * marks an interval "
-             "that excludes 0.", ""]
+             "intervals are wide, and rough: 4 videos allow only 35 distinct resamples, so the percentile interval "
+             "is coarse and tends to be too narrow; read it, and the seed spread beside it, before any difference. "
+             "*Δ mean vs default*: the paired bootstrap difference of the ensembles' mean CCC "
+             "(`avfusion compare <row> default`); * marks an interval that excludes 0.", ""]
     missing = {}
     for title, rows in TABLES.items():
         body, missing[title] = table(title, rows, found, root)
