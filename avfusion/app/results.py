@@ -183,7 +183,18 @@ def report_lines(root: str) -> list[str]:
                      f"{t['max_weight_diff']['threads_1_rerun']:.1e} on 1 thread, {t['max_weight_diff']['threads_0_rerun']:.1e} "
                      f"on all cores, {t['max_weight_diff']['threads_1_vs_0']:.1e} between the two); "
                      f"three seeds train in {t['seconds']['three_seeds']:.1f} s ({t['three_seeds_ratio']:.2f}x one) and "
-                     f"evaluate in {t['seconds']['evaluate_three_seeds']:.1f} s vs {t['seconds']['evaluate_one_seed']:.1f} s.")
+                     f"evaluate in {t['seconds']['evaluate_three_seeds']:.1f} s vs {t['seconds']['evaluate_one_seed']:.1f} s "
+                     f"(load average {t['load_average']:.1f} on {t['cpu_count']} cores: where other processes hold "
+                     "the cores, more threads wait on each other and all cores is slower).")
+    runs = os.path.join(root, "reports", "results_runs.json")
+    if os.path.isfile(runs):
+        names = {name for name, _ in experiments()}
+        seconds = sorted(r["seconds"] for name, r in json.load(open(runs)).items()
+                         if name in names and r["returncode"] == 0)
+        if seconds:
+            lines.append(f"- The experiments above (reports/results_runs.json): {len(seconds)} `dvc exp run`s of "
+                         f"{len(SEEDS)} seeds each (train and evaluate), median {seconds[len(seconds) // 2]:.0f} s, "
+                         f"longest {seconds[-1]:.0f} s.")
     bootstrap = os.path.join(root, "reports", "bootstrap.json")
     if os.path.isfile(bootstrap):
         b = json.load(open(bootstrap))
