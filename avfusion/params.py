@@ -74,6 +74,8 @@ def numbers(gt=None):
                         lambda v: bool(v) and all(math.isfinite(x) and within(x) for x in v))
 
 
+Seeds = constrained(list[int], "a non-empty list of distinct integers >= 0",
+                    lambda v: bool(v) and len(set(v)) == len(v) and all(s >= 0 for s in v))
 Text = constrained(str, "a non-empty string", lambda v: bool(v.strip()))
 Device = constrained(str, "auto, cpu, cuda or cuda:<index>", lambda v: re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None)
 OnError = Literal["fail", "skip"]                 # bad media: stop with one line, or leave the video out
@@ -166,8 +168,9 @@ class Fusion(Section):
 
 class Train(Section):
     recipe: Literal["default", "jca_paper", "lfan_paper"] = "default"   # recipes.RECIPES
-    seed: integer(ge=0)
+    seeds: Seeds = [0]                     # one model per seed (and fold); evaluation averages them
     device: Device = "auto"
+    threads: integer(ge=0) = 1             # CPU threads: 1 bitwise-repeatable, 0 all cores (repeatable to ~1e-6)
     folds: integer(ge=1) = 1
     window: ByRecipe(integer(ge=1)) = None
     hop: ByRecipe(integer(ge=1)) = None
@@ -204,6 +207,8 @@ class Eval(Section):
     smooth_mode: ByRecipe(Literal["nearest", "constant"]) = None
     smooth_order: ByRecipe(Literal["smooth_then_clip", "clip_then_smooth"]) = None
     plot_videos: integer(ge=0)
+    bootstrap: integer(ge=0) = 1000        # resamples of the videos for each CCC's 95% interval (0: none)
+    bootstrap_seed: integer(ge=0) = 0
     device: Device = "auto"
     data: DataPath = "auto"
     memory_budget_gb: MemoryBudget = 2

@@ -179,7 +179,7 @@ def trained(tmp_path_factory):
     make_dataset(root)
     with project_root(root):
         train({"type": "concat", "dim": 16, "hidden": 8, "dropout": 0.1},
-              {"seed": 0, "window": 32, "hop": 8, "batch_size": 8, "epochs": 4, "lr": 0.01,
+              {"seeds": [0], "window": 32, "hop": 8, "batch_size": 8, "epochs": 4, "lr": 0.01,
                "weight_decay": 0.0001, "patience": 4, "device": "cpu", "folds": 2})
     return root
 
@@ -189,7 +189,7 @@ def test_evaluate_end_to_end_on_real_stores_and_models(trained):
     with project_root(trained):
         metrics = run(EVAL)
     assert metrics["folds"] == 2
-    assert set(metrics) == {"train", "validation", "test", "folds"}
+    assert set(metrics) == {"train", "validation", "test", "folds", "seeds"} and metrics["seeds"] == 1
     assert metrics["test"]["ccc_mean"] > 0.3 and metrics["test"]["videos"] == 2
     assert json.load(open(os.path.join(trained, "reports/metrics.json")))["test"]["ccc_mean"] == \
         pytest.approx(metrics["test"]["ccc_mean"])
@@ -228,3 +228,36 @@ def test_evaluate_refuses_models_trained_on_other_features(trained, tmp_path):
     with pytest.raises(CheckpointError, match="fold-1: trained on other openl3 features"):
         with project_root(copy):
             run(EVAL)
+
+
+def test_seeds_are_averaged_and_one_seed_keeps_the_plain_layout(trained, tmp_path):
+    """Seeds [0, 3] on the fixture's data and params: seed 0's model files are byte for byte the
+    one-seed run's; metrics hold the ensemble's CCC and the mean and std of the seeds' own."""
+    from test_windows import make_dataset
+
+    from avfusion.learning.evaluate import run
+    from avfusion.learning.train import run as train
+    root = str(tmp_path / "seeds")
+    make_dataset(root)
+    with project_root(root):
+        train({"type": "concat", "dim": 16, "hidden": 8, "dropout": 0.1},
+              {"seeds": [0, 3], "window": 32, "hop": 8, "batch_size": 8, "epochs": 4, "lr": 0.01,
+               "weight_decay": 0.0001, "patience": 4, "device": "cpu", "folds": 2})
+        metrics = run(EVAL)
+    assert sorted(os.listdir(os.path.join(root, "models"))) == ["seed-0", "seed-3"]
+    for fold in ("fold-0", "fold-1"):
+        for name in ("model.pt", "config.json"):
+            assert open(os.path.join(root, "models/seed-0", fold, name), "rb").read() == \
+                open(os.path.join(trained, "models", fold, name), "rb").read()
+    assert json.load(open(os.path.join(root, "models/seed-3/fold-1/config.json")))["seed"] == 4
+    with project_root(trained):
+        alone = run(EVAL)["test"]
+    test = metrics["test"]
+    assert (metrics["seeds"], metrics["folds"]) == (2, 2) and "ccc_valence_seed_mean" not in alone
+    for name in ("valence", "arousal"):
+        other = 2 * test[f"ccc_{name}_seed_mean"] - alone[f"ccc_{name}"]   # seed 3's own CCC
+        assert test[f"ccc_{name}_seed_std"] == pytest.approx(abs(other - alone[f"ccc_{name}"]) / np.sqrt(2))
+        assert test[f"ccc_{name}"] not in (other, alone[f"ccc_{name}"])
+        assert test[f"ccc_{name}_low"] < test[f"ccc_{name}"] < test[f"ccc_{name}_high"]
+    record = json.load(open(os.path.join(root, "reports/test_videos.json")))["videos"]
+    assert len(record) == test["videos"] and all(len(v["valence"]) == 6 for v in record.values())

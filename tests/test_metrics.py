@@ -3,7 +3,19 @@ import numpy as np
 import pytest
 import torch
 
-from avfusion.learning.metrics import INVALID, ccc, ccc_centring, masked_ccc_loss, split_ccc
+from avfusion.learning.metrics import (
+    INVALID,
+    bootstrap_cccs,
+    bootstrap_interval,
+    ccc,
+    ccc_centring,
+    ccc_of_moments,
+    masked_ccc_loss,
+    paired_difference,
+    resample_counts,
+    split_ccc,
+    video_moments,
+)
 
 
 def test_ccc_perfect_agreement_is_one():
@@ -114,3 +126,61 @@ def test_centring_falls_back_to_the_mean_when_no_fold_agrees():
     # Two anti-correlated folds: a_1 = a_2 = -1, so weights are meaningless; the plain mean is used.
     folds = [np.array([0.0, 0.2]), np.array([0.2, 0.0])]
     np.testing.assert_allclose(ccc_centring(folds), [0.1, 0.1])
+
+
+def _videos(rng, count, frames=50, noise=0.3, shift=0.0):
+    """(pred, true) per video: true a random walk in [-1, 1], pred = true + shift + noise; some -5."""
+    out = []
+    for _ in range(count):
+        true = np.clip(np.cumsum(rng.normal(0, 0.1, (frames, 2)), axis=0), -1, 1)
+        pred = true + shift + rng.normal(0, noise, true.shape)
+        true[rng.random(true.shape) < 0.1] = INVALID
+        out.append((pred, true))
+    return out
+
+
+def test_moments_give_the_pooled_ccc_of_concatenated_videos():
+    videos = _videos(np.random.default_rng(0), 5)
+    moments = np.stack([video_moments(p, t) for p, t in videos])
+    pooled = split_ccc(np.concatenate([p for p, _ in videos]), np.concatenate([t for _, t in videos]))
+    assert ccc_of_moments(moments.sum(0)) == pytest.approx([pooled["valence"], pooled["arousal"]], abs=1e-12)
+    # each resample is the official CCC of the drawn videos' frames concatenated (a video drawn twice counts twice)
+    counts = resample_counts(5, 4, seed=3)
+    for row, drawn in zip(bootstrap_cccs(moments, counts), counts):
+        picked = [v for v, c in zip(videos, drawn) for _ in range(int(c))]
+        official = split_ccc(np.concatenate([p for p, _ in picked]), np.concatenate([t for _, t in picked]))
+        assert row == pytest.approx([official["valence"], official["arousal"], official["mean"]], abs=1e-12)
+
+
+def test_interval_brackets_the_ccc_and_repeats_with_its_seed():
+    videos = _videos(np.random.default_rng(1), 20)
+    moments = np.stack([video_moments(p, t) for p, t in videos])
+    whole = ccc_of_moments(moments.sum(0))
+    got = bootstrap_interval(moments, 500, seed=0)
+    for d, name in enumerate(("valence", "arousal")):
+        low, high = got[name]
+        assert low < whole[d] < high and high - low < 0.2
+    assert bootstrap_interval(moments, 500, seed=0) == got != bootstrap_interval(moments, 500, seed=1)
+
+
+def test_paired_difference_covers_a_known_difference_and_is_zero_for_identical_predictions():
+    rng = np.random.default_rng(2)
+    videos = _videos(rng, 30, noise=0.2)
+    true = [t for _, t in videos]
+    a = np.stack([video_moments(p, t) for p, t in videos])
+    # b: the same predictions shifted by 0.3, which lowers CCC by a known amount on all videos
+    b = np.stack([video_moments(p + 0.3, t) for p, t in videos])
+    known = [ccc_of_moments(a.sum(0))[d] - ccc_of_moments(b.sum(0))[d] for d in range(2)]
+    # the population difference, from a large sample of the same process, is inside the interval
+    big = _videos(np.random.default_rng(3), 400, noise=0.2)
+    big_a = np.stack([video_moments(p, t) for p, t in big]).sum(0)
+    big_b = np.stack([video_moments(p + 0.3, t) for p, t in big]).sum(0)
+    population = ccc_of_moments(big_a) - ccc_of_moments(big_b)
+    got = paired_difference(a, b, 1000, seed=0)
+    for d, name in enumerate(("valence", "arousal")):
+        difference, low, high = got[name]
+        assert difference == pytest.approx(known[d]) and difference > 0.05
+        assert low < population[d] < high and low > 0      # the interval excludes zero
+    same = paired_difference(a, np.stack([video_moments(p, t) for p, t in zip([p for p, _ in videos], true)]),
+                             1000, seed=0)
+    assert all(v == (0.0, 0.0, 0.0) for v in same.values())

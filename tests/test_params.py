@@ -71,6 +71,11 @@ BAD = [   # section, key, value, the message after "params.yaml: "
     ("train", "lr", "1e-3", "train.lr must be a number > 0, not '1e-3'"),           # YAML 1.1: a string
     ("train", "lr", float("nan"), "train.lr must be a number > 0, not nan"),
     ("train", "scheduler", "linear", "train.scheduler must be one of cosine, constant, step, plateau, not 'linear'"),
+    ("train", "seeds", [], "train.seeds must be a non-empty list of distinct integers >= 0, not []"),
+    ("train", "seeds", [0, 0], "train.seeds must be a non-empty list of distinct integers >= 0, not [0, 0]"),
+    ("train", "seeds", 0, "train.seeds must be a non-empty list of distinct integers >= 0, not 0"),
+    ("train", "threads", -1, "train.threads must be an integer >= 0, not -1"),
+    ("eval", "bootstrap", 1.5, "eval.bootstrap must be an integer >= 0, not 1.5"),
     ("eval", "clip", 1, "eval.clip must be true or false, not 1"),
     ("eval", "smooth_valence", -3, "eval.smooth_valence must be an integer >= 0, not -3"),
 ]
@@ -98,11 +103,11 @@ def test_rules_between_keys(section, changes, message):
 
 def test_missing_and_unknown_keys():
     train = real_params()["train"]
-    with pytest.raises(ParamsError, match=r"^params.yaml: train.seed is missing \(an integer >= 0\)$"):
-        validate("train", {k: v for k, v in train.items() if k != "seed"})
+    with pytest.raises(ParamsError, match=r"^params.yaml: eval.clip is missing \(true or false\)$"):
+        validate("eval", {k: v for k, v in real_params()["eval"].items() if k != "clip"})
     # a key the recipe sets may be absent or null: train.recipe fills it in (avfusion/recipes.py)
     assert validate("train", {k: v for k, v in train.items() if k != "window"})["window"] is None
-    with pytest.raises(ParamsError, match=r"^params.yaml: train.windw is not a known key \(known: recipe, seed, "):
+    with pytest.raises(ParamsError, match=r"^params.yaml: train.windw is not a known key \(known: recipe, seeds, "):
         validate("train", {**train, "windw": 64})
     folder = {"source": "folder", "root": "clips"}
     with pytest.raises(ParamsError, match=r"data.validation is missing \(the folder source splits by it"):

@@ -187,3 +187,20 @@ def test_predicts_features_are_the_rows_of_the_stores(tmp_path, monkeypatch):
             np.testing.assert_array_equal(rows[name][column], stored[column], err_msg=f"{name}.{column}")
     assert stores["openl3"].provenance["valid_from"] == "vad"        # the gate came through the provenance
     assert not np.array_equal(rows["openl3"]["valid"], np.ones(FRAMES, bool))   # a tone is not a voice
+
+
+def test_seeds_models_are_averaged(project, tmp_path):
+    """models/seed-<s>/fold-0 of two seeds: the prediction is the mean of each seed's own."""
+    config = json.load(open(project / "models" / "fold-0" / "config.json"))
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        save_fold(str(project / "seeded" / f"seed-{seed}" / "fold-0"),
+                  build_model(config["fusion"], 16, 512, 512).state_dict(), config)
+    video = make_video(tmp_path / "clip.mp4", True, True)
+    preds = []
+    for model in ("seeded", "seeded/seed-0/fold-0", "seeded/seed-1/fold-0"):
+        out = tmp_path / f"{model.replace('/', '_')}.csv"
+        assert main(["predict", video, "--out", str(out), "--model", str(project / model), "--device", "cpu"]) == 0
+        preds.append(np.array([[float(r[2]), float(r[3])] for r in read_rows(out)[1]]))
+    assert not np.allclose(preds[1], preds[2])
+    np.testing.assert_allclose(preds[0], (preds[1] + preds[2]) / 2, atol=2e-6)

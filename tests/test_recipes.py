@@ -54,7 +54,7 @@ def test_recipe_settings_are_recorded_with_the_model(tmp_path):
     root = str(tmp_path)
     make_dataset(root)
     # lfan_paper as published, shrunk (explicit values win) so it runs in seconds on the tiny stores
-    params = {"recipe": "lfan_paper", "seed": 0, "device": "cpu", "folds": 1,
+    params = {"recipe": "lfan_paper", "seeds": [0], "device": "cpu", "folds": 1,
               "window": 48, "hop": 32, "epochs": 3, "lr": 0.001}
     with project_root(root):
         summary, = run(SMALL, params)
@@ -168,7 +168,7 @@ def test_ridge_end_to_end_on_tiny_stores(tmp_path):
     make_dataset(root)
     fusion = {"type": "ridge", "ridge_alphas": [0.1, 10.0]}
     with project_root(root):
-        summary, = run(fusion, {"seed": 0, "device": "cpu", "folds": 1})
+        summary, = run(fusion, {"seeds": [0], "device": "cpu", "folds": 1})
     assert summary["alpha"] in (0.1, 10.0) and summary["ccc_mean"] > 0.5
     state = torch.load(os.path.join(root, "models/fold-0/model.pt"), weights_only=True)
     assert set(state) == {"visual_mean", "visual_std", "audio_mean", "audio_std", "coef", "intercept"}

@@ -20,7 +20,7 @@ from conftest import project_root
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FUSION = {"type": "concat", "dim": 16, "hidden": 8, "dropout": 0.1}
-TRAIN = {"seed": 0, "window": 32, "hop": 8, "batch_size": 8, "epochs": 15, "lr": 0.01,
+TRAIN = {"seeds": [0], "window": 32, "hop": 8, "batch_size": 8, "epochs": 15, "lr": 0.01,
          "weight_decay": 0.0001, "patience": 15, "device": "cpu", "folds": 1}
 
 

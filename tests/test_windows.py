@@ -145,3 +145,8 @@ def test_repeatable_cpu_math_uses_one_thread_on_the_cpu_only_inside_the_block():
     assert torch.get_num_threads() == before
     with repeatable_cpu_math("cuda:0"):   # no CUDA needed: only the device name is read
         assert torch.get_num_threads() == before
+    with repeatable_cpu_math("cpu", 0):   # train.threads: 0, torch's own setting (all cores)
+        assert torch.get_num_threads() == before
+    with repeatable_cpu_math("cpu", 3):
+        assert torch.get_num_threads() == 3
+    assert torch.get_num_threads() == before

@@ -1,4 +1,5 @@
-"""The `avfusion` command: `predict` (valence and arousal of a video), `features` (its per-frame features) and
+"""The `avfusion` command: `predict` (valence and arousal of a video), `features` (its per-frame features),
+`compare` (two experiments' test CCC, paired bootstrap), `results` (docs/results.md from the experiments) and
 `pull` (`dvc pull` that names the files a remote lacks)."""
 from __future__ import annotations
 
@@ -73,6 +74,20 @@ def _features(args: argparse.Namespace) -> None:
     print(f"{args.out}: {len(table)} frames, {len(header) - 2} columns ({', '.join(names)})", file=sys.stderr)
 
 
+def _compare(args: argparse.Namespace) -> None:
+    from avfusion.app.compare import compare, report
+    result = compare(args.a, args.b, args.resamples, args.seed)
+    print(report(args.a, args.b, result, args.resamples, args.seed))
+
+
+def _results(args: argparse.Namespace) -> None:
+    from avfusion.app.results import write_results
+    out = args.out or os.path.join(paths.root(), "docs", "results.md")
+    missing = write_results(out=out)
+    incomplete = [f"{title} ({n} rows)" for title, n in missing.items() if n]
+    print(f"{out}: written" + (f"; not run yet: {', '.join(incomplete)}" if incomplete else ""), file=sys.stderr)
+
+
 def _pull(args: argparse.Namespace) -> None:
     from avfusion.app.remote import pull
     print(pull(args.remote))
@@ -88,8 +103,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("video", help="any container FFmpeg reads, with or without audio or a face")
     p.add_argument("--out", required=True, help="CSV file to write")
     p.add_argument("--model",
-                   help="a trained fold (models/fold-0) or a models/ directory, whose folds are merged "
-                        "(default: the project's models/)")
+                   help="a trained fold (models/fold-0) or a models/ directory, whose folds are merged and "
+                        "seeds (seed-<s>/) averaged (default: the project's models/)")
     p.add_argument("--weights", help="directory with each extractor's weights in <name>/ "
                                      "(default: the model's project's data/weights)")
     p.add_argument("--plot", help="also draw the curves into this PNG (with --people all: one panel per person)")
@@ -118,6 +133,20 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--params", help="the extractors' params (default: the project's params.yaml)")
     f.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
     f.set_defaults(run=_features)
+
+    c = commands.add_parser(
+        "compare", help="test CCC of two experiments, with a paired bootstrap interval of the difference",
+        description="A and B: experiment names (dvc exp show), commits or branches, evaluated on the same test "
+                    "videos. Prints per dimension CCC(A) - CCC(B) and its 95%% interval over resampled videos.")
+    c.add_argument("a")
+    c.add_argument("b")
+    c.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default: %(default)s)")
+    c.add_argument("--seed", type=int, default=0, help="resampling seed (default: %(default)s)")
+    c.set_defaults(run=_compare)
+
+    r = commands.add_parser("results", help="write docs/results.md from the experiments (benchmarks/run_results.py)")
+    r.add_argument("--out", help="markdown file to write (default: the project's docs/results.md)")
+    r.set_defaults(run=_results)
 
     u = commands.add_parser(
         "pull", help="dvc pull, naming in one line the files the DVC remote did not give",

@@ -5,7 +5,8 @@ registry.py), built with the settings those stores recorded: the fold's config.j
 provenance (extractor version, its output params, the weights' SHA-256), and the weight files used here
 must hash the same. Extractors that read faces take the faces the facenet extractor finds in this
 video, as in the pipeline. With several folds (a `models/` directory) their predictions are merged by
-CCC centring, as the evaluate stage merges test predictions.
+CCC centring, and with several seeds (models/seed-<s>/) the seeds' merged predictions are averaged,
+as the evaluate stage does for test videos (`ensemble_prediction`).
 
 A model trained on the synthetic demo, or on features of seeded-random backbones, predicts numbers
 that look plausible on any video: `demo_warning` says so (config.json's `trained_on` tells).
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import tempfile
 
 import numpy as np
@@ -23,7 +25,7 @@ from avfusion.extraction.base import Extractor, Video
 from avfusion.extraction.faces import FACES
 from avfusion.extraction.registry import get
 from avfusion.faces.people import people_summary, person_rows
-from avfusion.learning.evaluate import fold_dirs, merge_folds, postprocess
+from avfusion.learning.evaluate import ensemble_prediction, postprocess, seed_models
 from avfusion.learning.featuresets import MODALITIES, compose, feature_set
 from avfusion.learning.train import load_model
 from avfusion.learning.windows import predict_video
@@ -37,21 +39,26 @@ HOW_TO_TRAIN = ("to train a real model, set facenet.weights: vggface2 and openl3
                 "point data.source and data.root at your dataset, and run `dvc repro`")
 
 
-def model_folds(model_dir: str) -> list[str]:
-    """A single fold directory (with config.json), or every fold-<i> of a models/ directory."""
+def model_folds(model_dir: str) -> list[list[str]]:
+    """Each seed's fold directories: a single fold directory (with config.json), every fold-<i> of a
+    models/ directory, or of each of its seed-<s>/."""
     if os.path.exists(os.path.join(model_dir, "config.json")):
-        return [model_dir]
+        return [[model_dir]]
     if not os.path.isdir(model_dir):
         raise PredictError(f"{model_dir}: model directory not found")
     try:
-        return fold_dirs(model_dir)
+        return seed_models(model_dir)
     except CheckpointError:
-        raise PredictError(f"{model_dir}: no trained model (config.json or fold-<i>/) in it") from None
+        raise PredictError(f"{model_dir}: no trained model (config.json, fold-<i>/ or seed-<s>/) in it") from None
 
 
 def default_weights_dir(fold_dir: str) -> str:
-    """data/weights of the project the model belongs to (its folds live in <project>/models/fold-<i>)."""
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(fold_dir))), "data", "weights")
+    """data/weights of the project the model belongs to (its folds live in <project>/models/fold-<i>,
+    or <project>/models/seed-<s>/fold-<i>)."""
+    models = os.path.dirname(os.path.abspath(fold_dir))
+    if re.fullmatch(r"seed-\d+", os.path.basename(models)):
+        models = os.path.dirname(models)
+    return os.path.join(os.path.dirname(models), "data", "weights")
 
 
 def demo_warning(config: dict) -> str | None:
@@ -98,8 +105,10 @@ class Predictor:
 
     def __init__(self, model_dir: str = "models", weights_dir: str | None = None, device: str = "auto"):
         self.device = resolve_device(device)
-        folds = model_folds(model_dir)
-        self.models = [load_model(d, self.device) for d in folds]
+        seeds = model_folds(model_dir)
+        folds = [d for dirs in seeds for d in dirs]
+        self.seeds = [[load_model(d, self.device) for d in dirs] for dirs in seeds]
+        self.models = [model for models in self.seeds for model in models]
         provenance = self.models[0][1]["provenance"]
         if any(config["provenance"] != provenance for _, config in self.models):
             raise PredictError(f"{model_dir}: its folds were trained on different features")
@@ -170,9 +179,9 @@ class Predictor:
         """One face track's prediction [n, 2] (clipped) and the presence of its visual and audio features."""
         (visual, face_in, _), (voice, voice_in, _) = (
             compose([(rows[n]["embedding"], rows[n]["valid"]) for n in self.features_of[m]]) for m in MODALITIES)
-        folds = [predict_video(model, visual, face_in, voice, voice_in,
-                               config["window"], config["hop"], self.device) for model, config in self.models]
-        return postprocess(merge_folds(folds), True, smooth_valence, smooth_arousal), face_in, voice_in
+        seeds = [[predict_video(model, visual, face_in, voice, voice_in, config["window"], config["hop"], self.device)
+                  for model, config in models] for models in self.seeds]
+        return postprocess(ensemble_prediction(seeds), True, smooth_valence, smooth_arousal), face_in, voice_in
 
     @staticmethod
     def _checked(video: Video, name: str, out: dict) -> dict[str, np.ndarray]:

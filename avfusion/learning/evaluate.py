@@ -2,24 +2,31 @@
 
 Per video, each fold model predicts every frame (overlapping windows averaged). Test videos are
 predicted by every fold and merged by CCC centring, per dimension; train and validation videos by
-fold 0 alone (the official split), because the other folds trained on some of them. Then optional
-moving-average smoothing per dimension and clipping to [-1, 1], in the order and edge mode the eval
-params (or, where they are null, the model's training recipe, avfusion/recipes.py) choose.
+fold 0 alone (the official split), because the other folds trained on some of them. With several
+seeds (`train.seeds`) each seed's folds are merged so, and the ensemble is the mean of the seeds'
+predictions. Then optional moving-average smoothing per dimension and clipping to [-1, 1], in the
+order and edge mode the eval params (or, where they are null, the model's training recipe,
+avfusion/recipes.py) choose.
 
 Scores follow the official protocol: CCC over all valid frames of a split's videos concatenated, `-5`
-excluded. Outputs: reports/metrics.json (per split), reports/per_video.csv, ABAW submission files in
-data/predictions/<split>/<video_id>.txt, and the plots (avfusion/plots.py).
+excluded, of the ensemble, with a 95% interval from `eval.bootstrap` resamples of the split's videos
+(ccc_<dim>_low / _high); with several seeds also the mean and std (n - 1) over the seeds of each
+seed's own CCC (ccc_<dim>_seed_mean / _seed_std). Outputs: reports/metrics.json (per split),
+reports/per_video.csv, reports/test_videos.json (per test video the ensemble's CCC moments, what
+`avfusion compare` resamples), ABAW submission files in data/predictions/<split>/<video_id>.txt, and
+the plots (avfusion/plots.py).
 """
 from __future__ import annotations
 
 import csv
 import glob
+import hashlib
 import json
 import math
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.ndimage import uniform_filter1d
@@ -27,7 +34,7 @@ from scipy.ndimage import uniform_filter1d
 from avfusion import paths
 from avfusion.errors import CheckpointError
 from avfusion.learning.featuresets import feature_set, feature_stores
-from avfusion.learning.metrics import INVALID, ccc, ccc_centring, split_ccc
+from avfusion.learning.metrics import INVALID, bootstrap_interval, ccc, ccc_centring, split_ccc, video_moments
 from avfusion.learning.outofcore import choose_data, open_split
 from avfusion.learning.plots import write_plots
 from avfusion.learning.recipes import eval_settings
@@ -45,8 +52,9 @@ class VideoResult:
     video_id: str
     split: str
     time: np.ndarray              # [n] seconds, one per predicted frame
-    pred: np.ndarray              # [n, 2] valence, arousal after post-processing
+    pred: np.ndarray              # [n, 2] valence, arousal after post-processing: the seeds' ensemble
     true: np.ndarray | None       # [n, 2] labels with -5 where not annotated; None when unlabelled
+    seeds: list[np.ndarray] = field(default_factory=list)   # [n, 2] each seed's own, post-processed (several seeds)
 
 
 def moving_average(x: np.ndarray, frames: int, mode: str = "nearest") -> np.ndarray:
@@ -97,16 +105,42 @@ def scores(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
     return out
 
 
-def split_metrics(results: list[VideoResult]) -> dict[str, dict]:
-    """Scores per split over its labelled videos' frames concatenated (the official protocol)."""
+def split_metrics(results: list[VideoResult], bootstrap: int = 0, bootstrap_seed: int = 0) -> dict[str, dict]:
+    """Scores per split over its labelled videos' frames concatenated (the official protocol): the
+    ensemble's, its CCCs' bootstrap intervals over videos, and with several seeds the mean and std of
+    the seeds' own CCCs."""
     metrics = {}
     for split in SPLITS:
         labelled = [r for r in results if r.split == split and r.true is not None]
-        if labelled:
-            metrics[split] = scores(np.concatenate([r.pred for r in labelled]),
-                                    np.concatenate([r.true for r in labelled]))
-            metrics[split]["videos"] = len(labelled)
+        if not labelled:
+            continue
+        true = np.concatenate([r.true for r in labelled])
+        metrics[split] = scores(np.concatenate([r.pred for r in labelled]), true)
+        metrics[split]["videos"] = len(labelled)
+        if bootstrap:
+            moments = np.stack([video_moments(r.pred, r.true) for r in labelled])
+            for name, (low, high) in bootstrap_interval(moments, bootstrap, bootstrap_seed).items():
+                metrics[split][f"ccc_{name}_low"], metrics[split][f"ccc_{name}_high"] = low, high
+        if labelled[0].seeds:
+            per_seed = [split_ccc(np.concatenate([r.seeds[i] for r in labelled]), true)
+                        for i in range(len(labelled[0].seeds))]
+            for name in ("valence", "arousal", "mean"):
+                values = [s[name] for s in per_seed]
+                metrics[split][f"ccc_{name}_seed_mean"] = float(np.mean(values))
+                metrics[split][f"ccc_{name}_seed_std"] = float(np.std(values, ddof=1))
     return metrics
+
+
+def moments_record(results: list[VideoResult]) -> dict:
+    """What `avfusion compare` needs of a revision's test predictions: per labelled test video the
+    ensemble's CCC moments per dimension (metrics.MOMENTS) and its labels' SHA-256, which tells two
+    revisions scored on the same annotations."""
+    videos = {}
+    for r in sorted((r for r in results if r.split == "test" and r.true is not None), key=lambda r: r.video_id):
+        moments = video_moments(r.pred, r.true)
+        videos[r.video_id] = {"labels_sha256": hashlib.sha256(np.ascontiguousarray(r.true, np.float64)).hexdigest(),
+                              "valence": moments[0].tolist(), "arousal": moments[1].tolist()}
+    return {"videos": videos}
 
 
 def per_video_rows(results: list[VideoResult]) -> list[dict]:
@@ -160,6 +194,14 @@ def write_abaw(path: str, pred: np.ndarray) -> None:
             f.write(f"{v:.6f},{a:.6f}\n")
 
 
+def seed_models(models_dir: str) -> list[list[str]]:
+    """Each seed's fold directories: models/seed-<s>/fold-<i> by seed number with several seeds,
+    models/fold-<i> with one (avfusion/learning/train.py `seed_dir`)."""
+    seeds = sorted((int(m.group(1)), d) for d in glob.glob(os.path.join(models_dir, "seed-*"))
+                   if os.path.isdir(d) and (m := re.search(r"seed-(\d+)$", d)))
+    return [fold_dirs(d) for _, d in seeds] if seeds else [fold_dirs(models_dir)]
+
+
 def fold_dirs(models_dir: str) -> list[str]:
     """models/fold-<i> in fold order (fold 0, the official split, first)."""
     found = [d for d in glob.glob(os.path.join(models_dir, "fold-*")) if os.path.isdir(d)]
@@ -184,13 +226,21 @@ def check_features(folds: list[str], configs: list[dict]) -> tuple[list[str], li
     return visual, audio
 
 
+def ensemble_prediction(seed_predictions: list[list[np.ndarray]]) -> np.ndarray:
+    """[n, 2] of one video from each seed's fold predictions: folds merged per seed (`merge_folds`),
+    then the seeds' mean (not CCC centring: seeds see the same data, they only differ in noise)."""
+    return np.mean([merge_folds(folds) for folds in seed_predictions], axis=0)
+
+
 def predict_all(params: dict) -> list[VideoResult]:
-    """Every split's videos predicted by the project's folds, from the stores of their feature set."""
+    """Every split's videos predicted by the project's models (every seed's folds), from the stores of
+    their feature set."""
     device = resolve_device(params.get("device", "auto"))
-    directories = fold_dirs(paths.models_dir())
-    folds = [load_model(d, device) for d in directories]
-    visual_dirs, audio_dirs = check_features(directories, [config for _, config in folds])
-    params = eval_settings(params, folds[0][1].get("eval"))
+    seed_dirs = seed_models(paths.models_dir())
+    directories = [d for dirs in seed_dirs for d in dirs]
+    seeds = [[load_model(d, device) for d in dirs] for dirs in seed_dirs]
+    visual_dirs, audio_dirs = check_features(directories, [config for folds in seeds for _, config in folds])
+    params = eval_settings(params, seeds[0][0][1].get("eval"))
     entries = read_manifest()
     # one choice for all splits: the previous split is still held while the next one loads
     held = choose_data(params, [e for e in entries if e["split"] in SPLITS], visual_dirs, audio_dirs)
@@ -200,19 +250,24 @@ def predict_all(params: dict) -> list[VideoResult]:
         if not rows:
             continue
         data = open_split(rows, visual_dirs, audio_dirs, device, held)
-        models = folds if split == "test" else folds[:1]
         with repeatable_cpu_math(device):
-            fold_predictions = [predict_split(model, data, config["window"], config["hop"],
-                                              config.get("last_window", "pad")) for model, config in models]
+            predictions = [[predict_split(model, data, config["window"], config["hop"],
+                                          config.get("last_window", "pad"))
+                            for model, config in (folds if split == "test" else folds[:1])] for folds in seeds]
         labels = data.labels_numpy()
         fps = {e["video_id"]: float(e["fps"]) for e in rows}
-        for video_id, frames in data.video_slices().items():
-            pred = postprocess(merge_folds([p[frames] for p in fold_predictions]), params["clip"],
-                               params["smooth_valence"], params["smooth_arousal"],
+
+        def post(pred: np.ndarray) -> np.ndarray:
+            return postprocess(pred, params["clip"], params["smooth_valence"], params["smooth_arousal"],
                                params["smooth_mode"], params["smooth_order"])
+
+        for video_id, frames in data.video_slices().items():
+            video = [[p[frames] for p in folds] for folds in predictions]
+            pred = post(ensemble_prediction(video))
             true = labels[frames]
             results.append(VideoResult(video_id, split, np.arange(len(pred)) / fps[video_id], pred,
-                                       true if (true != INVALID).any() else None))
+                                       true if (true != INVALID).any() else None,
+                                       [post(merge_folds(folds)) for folds in video] if len(seeds) > 1 else []))
     return results
 
 
@@ -225,9 +280,11 @@ def run(params: dict) -> dict:
         shutil.rmtree(predictions)   # no stale files of videos that left the manifest
     for r in results:
         write_abaw(os.path.join(predictions, r.split, f"{r.video_id}.txt"), r.pred)
-    metrics = split_metrics(results)
-    metrics["folds"] = len(fold_dirs(paths.models_dir()))
+    metrics = split_metrics(results, params["bootstrap"], params["bootstrap_seed"])
+    seeds = seed_models(paths.models_dir())
+    metrics["folds"], metrics["seeds"] = len(seeds[0]), len(seeds)
     write_metrics(paths.reports("metrics.json"), metrics)
+    write_metrics(paths.reports("test_videos.json"), moments_record(results))
     per_video = per_video_rows(results)
     write_per_video(paths.reports("per_video.csv"), per_video)
     write_plots(results, per_video, params["plot_videos"])

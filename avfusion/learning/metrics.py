@@ -102,3 +102,71 @@ def _agreement_weighted_mean(preds: np.ndarray, means: np.ndarray) -> float:
     agreement = np.nan_to_num(agreement, nan=0.0)
     # When no fold agrees with another (constant or anti-correlated), fall back to the plain mean.
     return (agreement * means).sum() / agreement.sum() if agreement.sum() > 0 else means.mean()
+
+
+# Bootstrap over videos. A split's pooled CCC depends on its frames only through six sums per dimension
+# (n, Σx, Σy, Σx², Σy², Σxy over the annotated frames), and those of a set of videos are the sums of each
+# video's. A resample that takes video v w_v times is then the weighted sum w @ moments: 1,000
+# resamples of Aff-Wild2's 2.8 M frames are one [1000, V] x [V, 12] product, not 1,000 concatenations
+# (benchmarks/bench_bootstrap.py, reports/bootstrap.json).
+MOMENTS = ("n", "sum_pred", "sum_true", "sum_pred2", "sum_true2", "sum_cross")
+
+
+def video_moments(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """[2, 6]: per dimension the sums of MOMENTS over one video's annotated frames (float64)."""
+    out = np.zeros((2, len(MOMENTS)))
+    for d in range(2):
+        keep = true[:, d] != INVALID
+        x, y = pred[keep, d].astype(np.float64), true[keep, d].astype(np.float64)
+        out[d] = (len(x), x.sum(), y.sum(), (x * x).sum(), (y * y).sum(), (x * y).sum())
+    return out
+
+
+def ccc_of_moments(moments: np.ndarray) -> np.ndarray:
+    """CCC from summed moments [..., 6] (population statistics, as `ccc`); NaN where undefined."""
+    n, sx, sy, sxx, syy, sxy = np.moveaxis(moments, -1, 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mx, my = sx / n, sy / n
+        cov = sxy / n - mx * my
+        denom = (sxx / n - mx * mx) + (syy / n - my * my) + (mx - my) ** 2
+        return np.where(denom > 0, 2 * cov / denom, np.nan)
+
+
+def resample_counts(videos: int, resamples: int, seed: int) -> np.ndarray:
+    """[resamples, videos]: how often each resample draws each video (with replacement, `videos` draws)."""
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(videos, np.full(videos, 1.0 / videos), size=resamples).astype(np.float64)
+
+
+def bootstrap_cccs(moments: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """[resamples, 3]: valence, arousal and mean CCC of each resample, from per-video moments [V, 2, 6]
+    and the draw counts [resamples, V]."""
+    totals = np.einsum("bv,vdk->bdk", counts, moments)
+    cccs = ccc_of_moments(totals)
+    return np.concatenate([cccs, cccs.mean(axis=1, keepdims=True)], axis=1)
+
+
+def interval(samples: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval of bootstrap samples [resamples, k] per column (NaN resamples left out)."""
+    tail = 100 * (1 - level) / 2
+    with np.errstate(invalid="ignore"):
+        return np.nanpercentile(samples, tail, axis=0), np.nanpercentile(samples, 100 - tail, axis=0)
+
+
+def bootstrap_interval(moments: np.ndarray, resamples: int, seed: int) -> dict[str, tuple[float, float]]:
+    """95% interval of the pooled CCC (valence, arousal, mean) over resampled videos."""
+    low, high = interval(bootstrap_cccs(moments, resample_counts(len(moments), resamples, seed)))
+    return {name: (float(lo), float(hi)) for name, lo, hi in zip(("valence", "arousal", "mean"), low, high)}
+
+
+def paired_difference(moments_a: np.ndarray, moments_b: np.ndarray, resamples: int,
+                      seed: int) -> dict[str, tuple[float, float, float]]:
+    """CCC(a) - CCC(b) per dimension and for the mean, over the same videos (moments [V, 2, 6] each, in
+    one video order): (difference on all videos, 95% interval low, high), each resample drawing the
+    same videos for both."""
+    counts = resample_counts(len(moments_a), resamples, seed)
+    samples = bootstrap_cccs(moments_a, counts) - bootstrap_cccs(moments_b, counts)
+    whole = bootstrap_cccs(moments_a, np.ones((1, len(moments_a)))) - bootstrap_cccs(moments_b, np.ones((1, len(moments_b))))
+    low, high = interval(samples)
+    return {name: (float(d), float(lo), float(hi))
+            for name, d, lo, hi in zip(("valence", "arousal", "mean"), whole[0], low, high)}

@@ -1,21 +1,23 @@
 """Train stage: fusion models on the cached features (`python -m stages.train`, or under `torchrun`).
 
-One model per fold: fold 0 is the official train/validation split; with `train.folds: k > 1`, folds
-1..k-1 hold out blocks of whole training media files (scikit-learn's GroupKFold), so the k validation
-sets partition train + validation (LFAN, docs/design.md §7). How a model trains is the recipe's
-(`train.recipe`, avfusion/recipes.py): by default one joint model, batch-pooled masked 1 - CCC on
-valence and arousal, AdamW, cosine schedule, early stopping on the validation mean CCC (computed the
-official way); the papers' recipes change windows, loss, optimiser and schedule, and LFAN's trains one
-model per dimension. `fusion.type: ridge` is fitted by scikit-learn instead. bf16 autocast on CUDA
-with every feature preloaded on the GPU; on the CPU, runs are bit-identical for a seed (on one thread:
-`repeatable_cpu_math`). Under torchrun each process trains on its share of each epoch's windows (DDP:
-nccl on CUDA, gloo on the CPU); rank 0 writes the outputs.
+One model per seed of `train.seeds` and per fold: fold 0 is the official train/validation split; with
+`train.folds: k > 1`, folds 1..k-1 hold out blocks of whole training media files (scikit-learn's
+GroupKFold), so the k validation sets partition train + validation (LFAN, docs/design.md §7). How a
+model trains is the recipe's (`train.recipe`, avfusion/recipes.py): by default one joint model,
+batch-pooled masked 1 - CCC on valence and arousal, AdamW, cosine schedule, early stopping on the
+validation mean CCC (computed the official way); the papers' recipes change windows, loss, optimiser
+and schedule, and LFAN's trains one model per dimension. `fusion.type: ridge` is fitted by scikit-learn
+instead. bf16 autocast on CUDA with every feature preloaded on the GPU; on the CPU, runs are
+bit-identical for a seed on one thread (`train.threads: 1`, `repeatable_cpu_math`) and agree to about
+1e-6 on all cores (`threads: 0`). Under torchrun each process trains on its share of each epoch's
+windows (DDP: nccl on CUDA, gloo on the CPU); rank 0 writes the outputs.
 
 Outputs: models/fold-<i>/model.pt (state_dict) and config.json (what `load_model` and prediction need:
 fusion params, window, hop, feature dims, the extractors' provenance, every resolved training setting
 and the recipe's post-processing, and what the model was trained on: data source and backbone weights,
-so `avfusion predict` can say when a model is only the demo's); dvclive curves and summaries under
-reports/train/.
+so `avfusion predict` can say when a model is only the demo's); with several seeds the same under
+models/seed-<s>/fold-<i>/ (one seed keeps the plain layout, so its files are those of a run before
+seeds existed); dvclive curves and summaries under reports/train/.
 """
 from __future__ import annotations
 
@@ -143,14 +145,23 @@ def make_scheduler(optimizer: torch.optim.Optimizer, params: dict, steps: int):
         min_lr=params["min_lr"]), "validation"
 
 
+def seed_dir(models_dir: str, seed: int, seeds: list[int]) -> str:
+    """Where the folds of one seed's models live: models/ itself for a single seed (the layout of a run
+    without seeds), models/seed-<s> with several."""
+    return models_dir if len(seeds) == 1 else os.path.join(models_dir, f"seed-{seed}")
+
+
 def train_model(fold: int, train: Split, validation: Split, fusion: dict, params: dict, device: str,
-                rank: int, world: int, live, dims: tuple[int, ...] = (0, 1), label: str = "") -> tuple[dict, dict]:
+                rank: int, world: int, live, dims: tuple[int, ...] = (0, 1), label: str = "",
+                seed: int = 0, prefix: str = "") -> tuple[dict, dict]:
     """Train one model on the dimensions `dims` (both, or one with train.per_dimension); returns its
     best state_dict (on the CPU) and a summary of the run. Early stopping and the plateau schedule
-    follow the validation CCC of those dimensions."""
-    window, hop, seed = params["window"], params["hop"], params["seed"] + fold
+    follow the validation CCC of those dimensions. torch's seed is `seed` + fold; curves are logged
+    under `prefix`fold-<i>."""
+    window, hop = params["window"], params["hop"]
+    seed += fold
     last = params["last_window"]
-    prefix = f"fold-{fold}{label}"
+    prefix = f"{prefix}fold-{fold}{label}"
     torch.manual_seed(seed)
     model = build_model(fusion, window, train.visual.shape[1], train.audio.shape[1])
     model.set_normalization(*feature_statistics(train))
@@ -214,16 +225,17 @@ def train_model(fold: int, train: Split, validation: Split, fusion: dict, params
 
 
 def train_fold(fold: int, train: Split, validation: Split, fusion: dict, params: dict,
-               device: str, rank: int, world: int, live) -> tuple[dict, dict]:
+               device: str, rank: int, world: int, live, seed: int = 0, prefix: str = "") -> tuple[dict, dict]:
     """One fold's model: joint, or (train.per_dimension) a valence and an arousal model trained and
     early-stopped separately, stored as one PerDimension state_dict. Summary: each model's own best
     validation CCC; epoch / epochs the later of the two, seconds their sum."""
     if not params["per_dimension"]:
-        return train_model(fold, train, validation, fusion, params, device, rank, world, live)
+        return train_model(fold, train, validation, fusion, params, device, rank, world, live,
+                           seed=seed, prefix=prefix)
     states, summaries = {}, {}
     for d, name in enumerate(("valence", "arousal")):
         state, summaries[name] = train_model(fold, train, validation, fusion, params, device, rank, world,
-                                             live, dims=(d,), label=f"-{name}")
+                                             live, dims=(d,), label=f"-{name}", seed=seed, prefix=prefix)
         states.update({f"{name}.{k}": v for k, v in state.items()})
     v, a = summaries["valence"], summaries["arousal"]
     return states, {"ccc_valence": v["ccc_valence"], "ccc_arousal": a["ccc_arousal"],
@@ -232,7 +244,8 @@ def train_fold(fold: int, train: Split, validation: Split, fusion: dict, params:
                     "seconds": round(v["seconds"] + a["seconds"], 2)}
 
 
-def fit_ridge(fold: int, train: Split, validation: Split, fusion: dict, params: dict, live) -> tuple[dict, dict]:
+def fit_ridge(fold: int, train: Split, validation: Split, fusion: dict, params: dict, live,
+              prefix: str = "") -> tuple[dict, dict]:
     """`fusion.type: ridge`: scikit-learn Ridge per dimension on every training frame that is annotated
     and has a modality; the penalty is the one of `fusion.ridge_alphas` with the best validation mean
     CCC (as early stopping picks the neural models' epoch). Curves: validation CCC per penalty tried."""
@@ -259,9 +272,9 @@ def fit_ridge(fold: int, train: Split, validation: Split, fusion: dict, params: 
         mean = float(np.nan_to_num(scores["mean"], nan=-1.0))
         if live is not None:
             live.step = step
-            live.log_metric(f"fold-{fold}/validation/alpha", float(alpha))
+            live.log_metric(f"{prefix}fold-{fold}/validation/alpha", float(alpha))
             for name in ("valence", "arousal", "mean"):
-                live.log_metric(f"fold-{fold}/validation/ccc_{name}", float(scores[name]))
+                live.log_metric(f"{prefix}fold-{fold}/validation/ccc_{name}", float(scores[name]))
             live.make_summary()
         if mean > best["ccc_mean"]:
             best = {"ccc_valence": float(scores["valence"]), "ccc_arousal": float(scores["arousal"]),
@@ -299,7 +312,8 @@ def load_model(fold_dir: str, device: str = "cpu") -> tuple[torch.nn.Module, dic
 
 
 def run(fusion: dict, params: dict, trained_on: dict | None = None) -> list[dict]:
-    """Train every fold; returns each fold's summary (on every rank).
+    """Train every fold of every seed; returns each model's summary, fold by fold, seeds in their order
+    within a fold (on every rank).
 
     `train.recipe` fills in the null params first (avfusion/recipes.py); config.json records them all,
     and `trained_on` (data_source, visual_weights, audio_weights: the params they were set by).
@@ -311,10 +325,12 @@ def run(fusion: dict, params: dict, trained_on: dict | None = None) -> list[dict
     visual, audio, provenance = feature_stores(feature_set(fusion))
     rank, world, device = distributed_setup(params.get("device", "auto"))
     manifest = read_manifest()
+    seeds = params["seeds"]
     live = None
     if rank == 0:
-        for old in glob.glob(os.path.join(paths.models_dir(), "fold-*")):
-            shutil.rmtree(old)   # a run with fewer folds must not leave stale models behind
+        for old in glob.glob(os.path.join(paths.models_dir(), "fold-*")) + glob.glob(
+                os.path.join(paths.models_dir(), "seed-*")):
+            shutil.rmtree(old)   # a run with fewer folds or seeds must not leave stale models behind
         from dvclive import Live  # dvc.yaml declares the outputs; dvclive must not rewrite it
         live = Live(paths.reports("train"), dvcyaml=False, save_dvc_exp=False)
         live.summary["settings"] = settings   # what ran, beside the scores, for `dvc exp show`
@@ -323,29 +339,32 @@ def run(fusion: dict, params: dict, trained_on: dict | None = None) -> list[dict
         data = choose_data(params, train_rows + validation_rows, visual, audio)
         train = open_split(train_rows, visual, audio, device, data)
         validation = open_split(validation_rows, visual, audio, device, data)
-        with repeatable_cpu_math(device):
-            if fusion["type"] == "ridge":
-                state, summary = fit_ridge(fold, train, validation, fusion, params, live)
-            else:
-                state, summary = train_fold(fold, train, validation, fusion, params, device, rank, world, live)
-        summaries.append(summary)
-        if rank == 0:
-            for name, value in summary.items():
-                live.log_metric(f"fold-{fold}/best/{name}", value, plot=False)
-            save_fold(os.path.join(paths.models_dir(), f"fold-{fold}"), state, {
-                "fold": fold, "fusion": copy.deepcopy(fusion), "window": params["window"], "hop": params["hop"],
-                "last_window": params["last_window"], "per_dimension": params["per_dimension"],
-                "train": settings["train"], "eval": eval_defaults,
-                "dim_visual": train.visual.shape[1], "dim_audio": train.audio.shape[1],
-                "provenance": provenance, "trained_on": trained_on, "seed": params["seed"] + fold,
-                "train_videos": train.video_ids, "validation_videos": validation.video_ids,
-                # no wall-clock time in the model's files: CPU retraining reproduces them byte for byte
-                "validation": {k: v for k, v in summary.items() if k != "seconds"}})
-            chosen = (f"alpha {summary['alpha']:g}" if "alpha" in summary
-                      else f"epoch {summary['epoch']}/{summary['epochs']}")
-            print(f"fold {fold}: best validation CCC {summary['ccc_mean']:.3f} "
-                  f"(valence {summary['ccc_valence']:.3f}, arousal {summary['ccc_arousal']:.3f}) "
-                  f"at {chosen}, {summary['seconds']:.1f} s on {device}")
+        for seed in seeds:
+            prefix = "" if len(seeds) == 1 else f"seed-{seed}/"
+            with repeatable_cpu_math(device, params["threads"]):
+                if fusion["type"] == "ridge":
+                    state, summary = fit_ridge(fold, train, validation, fusion, params, live, prefix)
+                else:
+                    state, summary = train_fold(fold, train, validation, fusion, params, device, rank, world,
+                                                live, seed, prefix)
+            summaries.append(summary)
+            if rank == 0:
+                for name, value in summary.items():
+                    live.log_metric(f"{prefix}fold-{fold}/best/{name}", value, plot=False)
+                save_fold(os.path.join(seed_dir(paths.models_dir(), seed, seeds), f"fold-{fold}"), state, {
+                    "fold": fold, "fusion": copy.deepcopy(fusion), "window": params["window"], "hop": params["hop"],
+                    "last_window": params["last_window"], "per_dimension": params["per_dimension"],
+                    "train": settings["train"], "eval": eval_defaults,
+                    "dim_visual": train.visual.shape[1], "dim_audio": train.audio.shape[1],
+                    "provenance": provenance, "trained_on": trained_on, "seed": seed + fold,
+                    "train_videos": train.video_ids, "validation_videos": validation.video_ids,
+                    # no wall-clock time in the model's files: CPU retraining reproduces them byte for byte
+                    "validation": {k: v for k, v in summary.items() if k != "seconds"}})
+                chosen = (f"alpha {summary['alpha']:g}" if "alpha" in summary
+                          else f"epoch {summary['epoch']}/{summary['epochs']}")
+                print(f"{prefix}fold {fold}: best validation CCC {summary['ccc_mean']:.3f} "
+                      f"(valence {summary['ccc_valence']:.3f}, arousal {summary['ccc_arousal']:.3f}) "
+                      f"at {chosen}, {summary['seconds']:.1f} s on {device}")
     if live is not None:
         live.end()
     if world > 1:

@@ -201,19 +201,19 @@ def usable_entries(entries: list[dict], visual: Modality, audio: Modality) -> li
 
 
 @contextmanager
-def repeatable_cpu_math(device: str):
-    """On the CPU, compute on one thread inside the block: training and evaluation are then bitwise
-    repeatable from run to run.
+def repeatable_cpu_math(device: str, threads: int = 1):
+    """On the CPU, compute on `threads` threads inside the block (0: torch's default, all cores). On one
+    thread training and evaluation are bitwise repeatable from run to run.
 
     With 2 threads, MKL's float32 gemm is not: here about 1 training run in 20 (separate processes, same
     seed and data) gave a model differing in the 7th digit, and CI's same-model checks failed on it.
     Neither MKL's strict reproducibility mode (MKL_CBWR=AUTO,STRICT: 8 runs in 210 still differed) nor
-    torch.use_deterministic_algorithms helped; one thread did (every run alike). It costs about 1.5x
-    in the demo's CPU training loop; CUDA runs are untouched."""
-    if not str(device).startswith("cpu"):
+    torch.use_deterministic_algorithms helped; one thread did (every run alike). What one thread costs
+    is measured by benchmarks/bench_threads.py (reports/threads.json); CUDA runs are untouched."""
+    if not str(device).startswith("cpu") or threads == 0:
         yield
         return
-    with torch_threads(1):
+    with torch_threads(threads):
         yield
 
 
