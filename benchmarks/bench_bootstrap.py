@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -48,8 +49,13 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=564)
     parser.add_argument("--frames", type=int, default=2_800_000)
     parser.add_argument("--resamples", type=int, default=1000)
-    parser.add_argument("--out", default=os.path.join(REPO, "reports", "bootstrap.json"))
+    parser.add_argument("--out", help="default: reports/bootstrap.json; --quick: a temporary directory")
+    parser.add_argument("--quick", action="store_true", help="50 videos, 100,000 frames, 100 resamples")
     args = parser.parse_args()
+    if args.quick:
+        args.videos, args.frames, args.resamples = 50, 100_000, 100
+    args.out = args.out or (os.path.join(tempfile.gettempdir(), "avfusion-bench-quick", "bootstrap.json")
+                            if args.quick else os.path.join(REPO, "reports", "bootstrap.json"))
     videos = synthetic(args.videos, args.frames, np.random.default_rng(0))
 
     started = time.perf_counter()

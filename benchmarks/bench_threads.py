@@ -41,14 +41,19 @@ def largest(a: dict, b: dict) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--project", required=True)
-    parser.add_argument("--out", default=os.path.join(REPO, "reports", "threads.json"))
+    parser.add_argument("--out", help="default: reports/threads.json; --quick: a temporary directory")
+    parser.add_argument("--quick", action="store_true", help="2 epochs per training (a smoke check)")
     args = parser.parse_args()
+    args.out = args.out or (os.path.join(tempfile.gettempdir(), "avfusion-bench-quick", "threads.json")
+                            if args.quick else os.path.join(REPO, "reports", "threads.json"))
     with tempfile.TemporaryDirectory(prefix="bench-threads-") as tmp:
         shutil.copy(os.path.join(args.project, "params.yaml"), tmp)
         shutil.copytree(os.path.join(args.project, "data"), os.path.join(tmp, "data"),
                         ignore=shutil.ignore_patterns("weights", "frame_times"))
         paths.set_root(tmp)
         fusion, params, eval_params = load_params("fusion"), load_params("train"), load_params("eval")
+        if args.quick:
+            params = {**params, "epochs": 2}
         seconds = {}
         weights = {}
         for threads in (1, 0):
