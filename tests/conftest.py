@@ -2,6 +2,7 @@
 shrunken copy of the real pipeline in a temporary git repository. Tests import helpers from here."""
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import os
@@ -232,6 +233,10 @@ def pipeline_copy(extracted_pipeline, tmp_path):
     """A private copy of the session's extracted pipeline, reset to its committed, reproduced state."""
     repo = str(tmp_path / "repo")
     shutil.copytree(extracted_pipeline, repo, symlinks=True)
+    # git-ignored settings other tests gave the shared repo (a remote's --local keyfile) name remotes the
+    # committed config below may not have
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(repo, ".dvc", "config.local"))
     commit = run(["git", "log", "--format=%H", "--grep", "^extracted features$"], cwd=repo).stdout.split()[-1]
     run(["git", "checkout", "-qf", commit], cwd=repo)     # other tests may have run experiments there
     dvc("checkout", "--force", cwd=repo)
