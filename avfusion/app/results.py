@@ -206,6 +206,29 @@ def report_lines(root: str) -> list[str]:
     return lines
 
 
+def speed_lines(root: str) -> list[str]:
+    """One table of the extractors' speed on the 1080p clip, from the benchmarks that measured them."""
+    rows = []
+    frame_times = os.path.join(root, "reports", "frame_times.json")
+    if os.path.isfile(frame_times):
+        for name, r in json.load(open(frame_times))["extractors"].items():
+            rows.append((name, r["frames_per_s_after"], r["cpu_s_per_frame_after"], "reports/frame_times.json"))
+    for report in ("face_encoders.json", "voice_encoders.json"):
+        path = os.path.join(root, "reports", report)
+        if os.path.isfile(path):
+            for name, r in json.load(open(path))["encoders"].items():
+                rows.append((name, r["frames_per_s"], r["cpu_seconds_per_frame"], f"reports/{report}"))
+    if not rows:
+        return []
+    return ["## Extractor speed", "",
+            "A 1080p25 street clip on 2 CPU cores, decoding included, seeded random weights of the real sizes "
+            "(the face encoders: on facenet's boxes; facenet itself finds them). The machine was shared while "
+            "some were measured (each report gives its load average): compare within a report, and run the "
+            "benchmark (`--device cuda` on a GPU) before relying on one number.", "",
+            "| extractor | frames/s | CPU s per frame | measured by |", "|---|---|---|---|",
+            *(f"| `{name}` | {fps:.1f} | {cpu:.4f} | {source} |" for name, fps, cpu, source in rows), ""]
+
+
 def cross_machine(found: list[dict]) -> list[str]:
     a, b = CROSS_MACHINE["avx2"], CROSS_MACHINE["avx512"]
     gap = {n: a[n] - b[n] for n in DIMENSIONS}
@@ -254,6 +277,7 @@ def write_results(root: str | None = None, out: str | None = None) -> dict[str, 
         if missing[title]:
             lines += [f"*Incomplete: {missing[title]} of {len(rows)} rows not run yet.*", ""]
     lines += cross_machine(found)
+    lines += speed_lines(root)
     measured = report_lines(root)
     if measured:
         lines += ["## Costs", "", *measured, ""]
