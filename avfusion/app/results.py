@@ -184,8 +184,9 @@ def report_lines(root: str) -> list[str]:
                      f"on all cores, {t['max_weight_diff']['threads_1_vs_0']:.1e} between the two); "
                      f"three seeds train in {t['seconds']['three_seeds']:.1f} s ({t['three_seeds_ratio']:.2f}x one) and "
                      f"evaluate in {t['seconds']['evaluate_three_seeds']:.1f} s vs {t['seconds']['evaluate_one_seed']:.1f} s "
-                     f"(load average {t['load_average']:.1f} on {t['cpu_count']} cores: where other processes hold "
-                     "the cores, more threads wait on each other and all cores is slower).")
+                     f"(load average {t['load_average']:.1f} on {t['cpu_count']} cores"
+                     + ("" if t["speedup"] >= 1 else ": where other processes hold the cores, more threads wait on "
+                        "each other and all cores is slower") + ").")
     runs = os.path.join(root, "reports", "results_runs.json")
     if os.path.isfile(runs):
         names = {name for name, _ in experiments()}
