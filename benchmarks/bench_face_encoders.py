@@ -5,8 +5,8 @@ weights (the same architectures, so the same speed as the official ones).
 
     python benchmarks/bench_face_encoders.py [--video PATH] [--frames 10] [--threads 2] [--device cpu]
 
-PATH defaults to the shared street clip (../shared/media/street_crowd_1080p25.mp4 beside the
-checkout); its first `--frames` frames are re-encoded first (0: all). The facenet rows of the clip
+PATH defaults to $AVFUSION_MEDIA/street_crowd_1080p25.mp4 (a 1080p street crowd); its first
+`--frames` frames are re-encoded first (0: all). The facenet rows of the clip
 are made once (timed for context). Every encoder is timed after one warm-up run, `--reps` times,
 median. Writes reports/face_encoders.json and reports/face_encoders.md.
 """
@@ -26,7 +26,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 
-STREET = os.path.join(os.path.dirname(REPO), "shared", "media", "street_crowd_1080p25.mp4")
+# real clips are not in the repository: a folder of them is named by AVFUSION_MEDIA or each script's option
+STREET = os.path.join(os.environ["AVFUSION_MEDIA"], "street_crowd_1080p25.mp4") if "AVFUSION_MEDIA" in os.environ else ""
 ENCODERS = [("emotieff", {"model": m}) for m in ("enet_b0_8_va_mtl", "enet_b0_8_best_vgaf", "enet_b2_8", "mbf_va_mtl")] + [
     ("clip", {}), ("irse50", {})]
 GPU_COMMAND = "python benchmarks/bench_face_encoders.py --device cuda --threads 16 --frames 250 --reps 3"
@@ -68,7 +69,7 @@ def main() -> None:
     args.report = args.report or (os.path.join(tempfile.gettempdir(), "avfusion-bench-quick", "face_encoders")
                                   if args.quick else os.path.join(REPO, "reports", "face_encoders"))
     if not os.path.isfile(args.video):
-        print(f"skipped: --video {args.video} is not a file (it needs a real 1080p clip with faces)")
+        print(f"skipped: --video {args.video} is not a file (a real 1080p clip with faces: give --video or set AVFUSION_MEDIA)")
         return
     import torch
     torch.set_num_threads(args.threads)            # before any model: onnxruntime follows it too

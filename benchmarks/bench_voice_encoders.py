@@ -5,7 +5,7 @@ stage, as in the pipeline).
 
     python benchmarks/bench_voice_encoders.py [--video PATH] [--reps 3] [--threads 2] [--device cpu]
 
-PATH defaults to ../shared/media/street_crowd_1080p25.mp4. The speech models run on seeded random
+PATH defaults to $AVFUSION_MEDIA/street_crowd_1080p25.mp4. The speech models run on seeded random
 weights of the official sizes (12 layers of 768, or of 1024 for the emotion model): the same arithmetic
 as the downloaded ones. Frames/s is video frames per wall second; CPU s per frame is the process's CPU
 time (all threads) per frame. Repetitions alternate the encoders (a shared machine's load hits all
@@ -27,6 +27,8 @@ import time
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 HERE = os.path.dirname(os.path.abspath(__file__))
+# real clips are not in the repository: a folder of them is named by AVFUSION_MEDIA or each script's option
+STREET = os.path.join(os.environ["AVFUSION_MEDIA"], "street_crowd_1080p25.mp4") if "AVFUSION_MEDIA" in os.environ else ""
 REPO = os.path.dirname(HERE)
 sys.path[:0] = [REPO]
 
@@ -74,7 +76,7 @@ def encoders(device: str, tmp: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--video", default=os.path.join(os.path.dirname(REPO), "shared", "media", "street_crowd_1080p25.mp4"))
+    parser.add_argument("--video", default=STREET, help="a real 1080p clip with sound")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
@@ -87,7 +89,7 @@ def main() -> None:
     args.out = args.out or (os.path.join(tempfile.gettempdir(), "avfusion-bench-quick", "voice_encoders")
                             if args.quick else os.path.join(REPO, "reports", "voice_encoders"))
     if not os.path.isfile(args.video):
-        print(f"skipped: --video {args.video} is not a file (a real 1080p clip with sound)")
+        print(f"skipped: --video {args.video} is not a file (a real 1080p clip with sound: give --video or set AVFUSION_MEDIA)")
         return
     torch.set_num_threads(args.threads)
     info = probe(args.video)
@@ -112,7 +114,7 @@ def main() -> None:
         dims = {name: extractor.dim for name, extractor in built.items()}
     result = {
         "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "video": {"path": os.path.relpath(args.video, REPO), "width": info.width, "height": info.height,
+        "video": {"path": os.path.basename(args.video), "width": info.width, "height": info.height,
                   "fps": info.fps, "frames": frames, "seconds": round(frames / info.fps, 3)},
         "machine": {"cpu": platform.processor() or platform.machine(), "torch_threads": args.threads,
                     "device": args.device, "load_before": [round(x, 2) for x in load_before],

@@ -5,7 +5,7 @@ switches are counted by eye.
 
     python benchmarks/people_street.py [VIDEO] [--cache dets.npz] [--quick] [--out DIR]
 
-VIDEO defaults to the shared street clip (../shared/media beside the repository); without it the
+VIDEO defaults to $AVFUSION_MEDIA/street_crowd_1080p25.mp4 (a 1080p street crowd); without it the
 script says so in one line and stops. Writes DIR (default reports/people)/*.jpg and tracks.json.
 `--quick`: the clip's first 10 frames, into a temporary directory unless --out is given.
 """
@@ -34,7 +34,8 @@ from avfusion.faces.mtcnn import FaceDetector
 from avfusion.faces.people import PeopleTracker, appearance, gap_frames, summary
 from avfusion.sources.media import decode_video, probe
 
-STREET = os.path.join(os.path.dirname(REPO), "shared", "media", "street_crowd_1080p25.mp4")
+# real clips are not in the repository: a folder of them is named by AVFUSION_MEDIA or each script's option
+STREET = os.path.join(os.environ["AVFUSION_MEDIA"], "street_crowd_1080p25.mp4") if "AVFUSION_MEDIA" in os.environ else ""
 QUICK_FRAMES = 10
 SAMPLES = 6
 SHEET_STEP, TILE = 5, 56
@@ -73,7 +74,8 @@ def main() -> None:
                                       "--quick: a temporary one)")
     args = parser.parse_args()
     if not os.path.isfile(args.video):
-        print(f"people_street: skipped: {args.video} not found (the shared street clip)")
+        print(f"people_street: skipped: {args.video} not found (give VIDEO, or set AVFUSION_MEDIA to a folder "
+              "holding street_crowd_1080p25.mp4)")
         return
     out = args.out or (os.path.join(tempfile.gettempdir(), "avfusion-bench-quick", "people") if args.quick
                        else os.path.join(REPO, "reports", "people"))

@@ -3,8 +3,8 @@ and loudness over time, per clip, into reports/audio_signals.png; speech fractio
 
     python benchmarks/report_audio_signals.py [--media DIR] [--demo-videos 3] [--quick] [--out PNG] [--report JSON]
 
-Clips: street_crowd_1080p25.mp4 and mouth_crop_96px_16khz.mp4 under --media (default ../shared/media
-beside the repository; a missing clip is skipped with a message), plus demo videos made here with the
+Clips: street_crowd_1080p25.mp4 and mouth_crop_96px_16khz.mp4 under --media (default $AVFUSION_MEDIA;
+a missing clip is skipped with a message), plus demo videos made here with the
 project's params (avfusion/sources/demo.py): their voice is synthetic, not speech, so the report says
 whether vad takes it for speech. Values come from the project's own extractors (avfusion/extractors/vad.py
 and egemaps.py, one row per decoded frame, given the frame times as the dataset stage stores them), so
@@ -95,8 +95,8 @@ def draw(results: dict[str, dict], threshold: float, out: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--media", default=os.path.join(os.path.dirname(REPO), "shared", "media"),
-                        help="folder holding the shared clips")
+    parser.add_argument("--media", default=os.environ.get("AVFUSION_MEDIA", ""),
+                        help="folder holding the real clips (default: $AVFUSION_MEDIA)")
     parser.add_argument("--demo-videos", type=int, default=3, help="demo videos to make and measure (0: none)")
     parser.add_argument("--quick", action="store_true", help="one demo video, into a temporary directory")
     parser.add_argument("--out", help="the figure (default: reports/audio_signals.png)")
