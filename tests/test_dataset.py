@@ -14,6 +14,13 @@ from avfusion.sources.dataset import build_manifest
 from conftest import encode_video
 
 
+@pytest.fixture(autouse=True)
+def own_project_root(tmp_path, monkeypatch):
+    """build_manifest writes each file's frame times under the project root and removes the others
+    there: these tests' root is their temporary directory, never the checkout's data/."""
+    monkeypatch.setenv("AVFUSION_ROOT", str(tmp_path))
+
+
 def tiny_video(path, frames=6, size=32, audio=True):
     images = [Image.new("RGB", (size, size), (10 * i, 80, 120)) for i in range(frames)]
     encode_video(path, images, np.zeros(16000 * frames // 10, np.float32) if audio else None, fps=10)
