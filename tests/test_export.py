@@ -25,16 +25,23 @@ PARAMS = os.path.join(REPO, "params.yaml")
 FRAMES = 8
 
 
+def make_weights(weights: str, extractors) -> None:
+    """The extractors' weight files as their stages make them from params.yaml (seeded random), in
+    <project>/data/weights/<name>/."""
+    with project_root(os.path.dirname(os.path.dirname(weights))):
+        for name in extractors:
+            materialise(get(name), load_params(name, PARAMS))
+
+
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> str:
-    """Every extractor's weight files as its stage makes them from params.yaml (seeded random), in
-    <project>/data/weights/<name>/."""
+    """What the fast tests read: the default extractors' weights and the landmarks'; the slow test adds
+    the rest (the large random encoders take most of the time)."""
     root = tmp_path_factory.mktemp("project")
     (root / "params.yaml").write_text("{}\n")
-    with project_root(root):
-        for name in names():
-            materialise(get(name), load_params(name, PARAMS))
-    return str(root / "data" / "weights")
+    weights = str(root / "data" / "weights")
+    make_weights(weights, ("facenet", "openl3", "vad", "mfcc", "landmarks"))
+    return weights
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +58,7 @@ def read(path: str) -> tuple[list[str], np.ndarray]:
 
 @pytest.mark.slow
 def test_every_extractor_in_one_table(tmp_path, video, weights):
+    make_weights(weights, names())
     out = str(tmp_path / "features.csv")
     assert main(["features", video, "--out", out, "--weights", weights, "--params", PARAMS, "--device", "cpu"]) == 0
     header, table = read(out)
